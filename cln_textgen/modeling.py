@@ -1,0 +1,297 @@
+"""The conditional causal LM: a bert4keras BERT with every LayerNorm conditional.
+
+The model is bert4keras's own BERT with a lower-triangular attention mask
+(``application='lm'``), changed through its ``apply`` hook only:
+
+* every ``LayerNormalization`` becomes :class:`ConditionalLayerNormalization`
+  fed with the label embedding (2 per transformer layer, the embedding norm
+  and the MLM-head norm);
+* every weight not loaded from a checkpoint is drawn from one
+  :class:`SeededTruncatedNormal` stream, so no two kernels repeat;
+* dropout (hidden and attention) draws from a counter the trainer owns and
+  checkpoints, so a resumed run draws the same masks as an unbroken one.
+
+Inputs are ``[token_ids, label_ids]``; the output is next-token logits.  The
+segment input of BERT is dropped: a left-to-right LM uses segment 0 only, so
+``token_type_embeddings[0]`` is folded into the position embeddings at load.
+"""
+
+import dataclasses
+import json
+import re
+import types
+from pathlib import Path
+
+import numpy as np
+
+from cln_textgen.backend import bert4keras, keras, tf
+from cln_textgen.errors import UserError
+from cln_textgen.layers import ConditionalLayerNormalization, SeededTruncatedNormal
+
+_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+ACTIVATIONS = ("gelu", "relu") + _TANH_GELUS
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; a run saves it as ``model.json``."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: str = "gelu"
+    max_position: int = 512
+    layer_norm_eps: float = 1e-12
+    num_labels: int = 2
+    label_embedding_size: int = 128
+    cond_hidden_units: int | None = None
+    conditional: bool = True
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    seed: int = 0
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        return cls(**values)
+
+    def save(self, path):
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path):
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1.0 + tf.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+class DropoutSeed:
+    """The random state of every dropout draw: ``[seed, counter]`` in a variable.
+
+    Dropout masks are pure functions of this pair and of each layer's salt.
+    The trainer advances the counter once per forward pass and keeps the
+    variable in its checkpoint.  Not a Keras-tracked object on purpose: the
+    layers only read it, and the trainer decides where it is saved.
+    """
+
+    def __init__(self, seed=0):
+        self.variable = tf.Variable([int(seed), 0], dtype=tf.int64, trainable=False,
+                                    name="dropout_seed")
+
+    def draw(self, shape, salt):
+        seed = tf.random.experimental.stateless_fold_in(self.variable, salt)
+        return tf.random.stateless_uniform(shape, seed=seed)
+
+
+def _dropout(x, rate, source, salt, training):
+    if not training or not rate:
+        return x
+    keep = source.draw(tf.shape(x), salt) >= rate
+    return tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
+
+
+class SeededDropout(keras.layers.Layer):
+    """Dropout whose masks come from a :class:`DropoutSeed` (exact on resume)."""
+
+    def __init__(self, rate, salt=0, source=None, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        self.rate = float(rate)
+        self.salt = int(salt)
+        self.source = source
+
+    def call(self, inputs, training=None):
+        return _dropout(inputs, self.rate, self.source, self.salt, training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rate=self.rate, salt=self.salt)
+        return config
+
+
+class SeededAttention(bert4keras.layers.MultiHeadAttention):
+    """bert4keras attention with its probability dropout drawn from a DropoutSeed."""
+
+    def __init__(self, *args, salt=0, source=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.salt = int(salt)
+        self.source = source
+
+    def pay_attention_to(self, inputs, mask=None, **kwargs):
+        # Only what a BERT uses: scaled dot product, a boolean or additive
+        # attention bias, softmax; no relative or rotary positions.
+        qw, kw, vw = inputs[:3]
+        a_bias = inputs[3] if kwargs.get("a_bias") else None
+        scores = tf.einsum("bjhd,bkhd->bhjk", qw, kw) / self.key_size ** 0.5
+        if a_bias is not None and a_bias.shape.rank == 3:
+            a_bias = a_bias[:, None]
+        probs = bert4keras.backend.attention_normalize(scores, mask[1] if mask else None, -1, "softmax", a_bias)
+        probs = _dropout(probs, self.attention_dropout, self.source, self.salt,
+                         kwargs.get("training"))
+        return tf.einsum("bhjk,bkhd->bjhd", probs, vw), scores
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(salt=self.salt)
+        return config
+
+
+class _ConditionalLM(bert4keras.models.LM_Mask, bert4keras.models.BERT):
+    """bert4keras BERT LM whose layers are swapped in through ``apply``."""
+
+    def __init__(self, seed, dropout_seed, layer_norm_eps, **kwargs):
+        super().__init__(**kwargs)
+        self._initializer = SeededTruncatedNormal(stddev=0.02, seed=seed)
+        self._dropout_seed = dropout_seed
+        self._layer_norm_eps = layer_norm_eps
+        self._salts = {}
+
+    @property
+    def initializer(self):
+        return self._initializer
+
+    def _salt(self, name):
+        return self._salts.setdefault(name, len(self._salts) + 1)
+
+    def apply(self, inputs=None, layer=None, arguments=None, **kwargs):
+        if layer is bert4keras.layers.LayerNormalization:
+            layer = ConditionalLayerNormalization
+            kwargs["epsilon"] = self._layer_norm_eps
+        elif layer is bert4keras.layers.Dropout:
+            if not kwargs.get("rate"):
+                return inputs
+            layer = SeededDropout
+            kwargs.update(salt=self._salt(kwargs["name"]), source=self._dropout_seed)
+        elif layer is bert4keras.layers.MultiHeadAttention:
+            layer = SeededAttention
+            kwargs.update(salt=self._salt(kwargs["name"]), source=self._dropout_seed)
+        return super().apply(inputs=inputs, layer=layer, arguments=arguments, **kwargs)
+
+
+def build_model(config, dropout_seed=None):
+    """The Keras model ``[token_ids, label_ids] -> logits`` for ``config``.
+
+    ``dropout_seed`` is the :class:`DropoutSeed` the trainer checkpoints; a new
+    one is made when not given (inference, tests).
+    """
+    if config.hidden_act not in ACTIVATIONS:
+        raise ValueError(f"unsupported hidden_act {config.hidden_act!r}")
+    act = _gelu_tanh if config.hidden_act in _TANH_GELUS else config.hidden_act
+    dropout_seed = dropout_seed or DropoutSeed(config.seed)
+
+    token_in = keras.layers.Input(shape=(None,), dtype="int32", name="Input-Token")
+    label_in = keras.layers.Input(shape=(), dtype="int32", name="Input-Label")
+    cond = None
+    if config.conditional:
+        cond = keras.layers.Embedding(
+            config.num_labels,
+            config.label_embedding_size,
+            embeddings_initializer=SeededTruncatedNormal(stddev=0.02, seed=config.seed + 1),
+            name="Label-Embedding",
+        )(label_in)
+
+    transformer = _ConditionalLM(
+        seed=config.seed,
+        dropout_seed=dropout_seed,
+        layer_norm_eps=config.layer_norm_eps,
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        hidden_act=act,
+        dropout_rate=config.dropout,
+        attention_dropout_rate=config.attention_dropout,
+        max_position=config.max_position,
+        segment_vocab_size=0,
+        with_mlm="linear",
+        name="cln_lm",
+    )
+    # bert4keras creates its own token input; ours replaces it so that the
+    # model's inputs are exactly [tokens, labels] in that order.
+    transformer.layers["Input-Token"] = token_in
+    transformer.build(
+        layer_norm_cond=cond,
+        layer_norm_cond_hidden_size=config.cond_hidden_units,
+        layer_norm_cond_hidden_act="linear",
+        additional_input_layers=label_in,
+    )
+    return transformer.model
+
+
+def conditional_layers(model):
+    return [l for l in model.layers if isinstance(l, ConditionalLayerNormalization)]
+
+
+def count_parameters(model):
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+_WORD_EMBEDDINGS = "bert/embeddings/word_embeddings"
+_OUTPUT_BIAS = "cls/predictions/output_bias"
+_LAYER_INDEX = re.compile(r"bert/encoder/layer_(\d+)/")
+
+
+def bert_variable_mapping(num_hidden_layers):
+    """bert4keras's ``{layer name: [Google variable names]}`` for a BERT of that depth."""
+    # variable_mapping() reads nothing but the depth from its instance.
+    holder = types.SimpleNamespace(num_hidden_layers=num_hidden_layers)
+    return bert4keras.models.BERT.variable_mapping(holder)
+
+
+def load_bert_weights(model, variables, source, keep_tokens=None):
+    """Load Google-named BERT ``variables`` into ``model``; returns whether the
+    MLM head was among them.
+
+    ``keep_tokens`` selects rows of the token embedding and output bias (a
+    simplified vocabulary).  Every shape is checked first, so a config that
+    does not belong to the weights is one clear error, not a broadcast deep in
+    TensorFlow.  Layers the checkpoint lacks are an error, except the MLM head,
+    which then keeps its seeded initial values.
+    """
+    variables = dict(variables)
+    token_types = variables.pop("bert/embeddings/token_type_embeddings", None)
+    if token_types is not None and "bert/embeddings/position_embeddings" in variables:
+        variables["bert/embeddings/position_embeddings"] = (
+            variables["bert/embeddings/position_embeddings"] + token_types[0]
+        )
+    if keep_tokens is not None:
+        for name in (_WORD_EMBEDDINGS, _OUTPUT_BIAS):
+            if name in variables:
+                variables[name] = variables[name][keep_tokens]
+
+    layer_ids = {int(m.group(1)) for name in variables if (m := _LAYER_INDEX.match(name))}
+    expected = sum(1 for layer in model.layers if layer.name.endswith("-FeedForward"))
+    layers = {layer.name: layer for layer in model.layers}
+    if layer_ids and layer_ids != set(range(expected)):
+        raise UserError(f"{source}: the weights have {len(layer_ids)} transformer layers but "
+                        f"the config says num_hidden_layers={expected}; use the config that "
+                        "belongs to these weights")
+
+    pairs, mlm_loaded = [], False
+    for layer_name, names in bert_variable_mapping(expected).items():
+        if layer_name not in layers:
+            continue  # parts of BERT this model does not use (pooler, NSP, segments)
+        found = [name in variables for name in names]
+        if not any(found) and layer_name.startswith("MLM-"):
+            continue
+        if not all(found):
+            missing = next(n for n, ok in zip(names, found) if not ok)
+            raise UserError(f"{source}: variable {missing} is missing; is this a complete BERT "
+                            "checkpoint?")
+        # zip: a conditional norm has [beta, gamma] first, then its condition projections
+        for weight, name in zip(layers[layer_name].trainable_weights, names):
+            want, got = tuple(weight.shape), tuple(variables[name].shape)
+            if want != got:
+                raise UserError(f"{source}: {name} has shape {got} but the model config gives "
+                                f"{want}; the config does not belong to these weights")
+            pairs.append((weight, variables[name]))
+        mlm_loaded = mlm_loaded or layer_name.startswith("MLM-")
+    keras.backend.batch_set_value(pairs)
+    return mlm_loaded

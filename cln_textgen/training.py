@@ -1,0 +1,352 @@
+"""Training the conditional LM: the loop, evaluation, checkpoints and resume.
+
+Same run folder = resume: when ``run_dir`` holds checkpoints, the latest one
+restores the model, the optimizer, the epoch, the batch position within that
+epoch's (deterministic) order and the dropout random state, so the resumed
+run continues with exactly the batches and masks an unbroken run would use.
+"""
+
+import dataclasses
+import json
+import math
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from cln_textgen import batching
+from cln_textgen.backend import keras, tf
+from cln_textgen.generation import GenerationOptions, generate
+from cln_textgen.modeling import DropoutSeed, build_model
+from cln_textgen.runs import write_text_atomic
+
+NO_DECAY = ("gamma", "beta", "bias", "Norm")  # LayerNorm (and CLN) parameters and biases
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: a checkpoint was saved and the run can be resumed."""
+
+
+@keras.utils.register_keras_serializable(package="cln_textgen")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to ``peak`` over ``warmup`` steps, then linear decay to 0."""
+
+    def __init__(self, peak, total, warmup):
+        self.peak, self.total, self.warmup = float(peak), int(total), int(warmup)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = step / max(self.warmup, 1)
+        decay = (self.total - step) / max(self.total - self.warmup, 1)
+        return self.peak * tf.clip_by_value(tf.minimum(warm, decay), 0.0, 1.0)
+
+    def get_config(self):
+        return {"peak": self.peak, "total": self.total, "warmup": self.warmup}
+
+
+def token_losses(logits, tokens, pad_id):
+    """Per-row summed next-token cross-entropy over real tokens, and their counts.
+
+    Position t predicts token t+1; targets that are padding do not count.  The
+    label is the condition, not a token, so the first target is the first
+    text token (predicted from [CLS]) and the last is [SEP].
+    """
+    targets = tokens[:, 1:]
+    mask = tf.cast(tf.not_equal(targets, pad_id), tf.float32)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(logits[:, :-1], tf.float32))
+    return tf.reduce_sum(ce * mask, axis=1), tf.reduce_sum(mask, axis=1)
+
+
+@dataclasses.dataclass
+class EvalResult:
+    loss: float
+    tokens: int
+    per_label: dict  # label -> {"loss", "ppl", "tokens"}
+
+    @property
+    def ppl(self):
+        return math.exp(min(self.loss, 50.0))
+
+
+class Trainer:
+    """Owns the model, optimizer and checkpoints of one run, and trains it."""
+
+    def __init__(self, setup, console=print, progress=True):
+        self.setup = setup
+        self.run = setup.run
+        self.config = setup.config
+        self.console = console
+        self.progress = progress
+        train = self.config.train
+        self.pad_id = setup.tokenizer.pad_id
+        self.lengths = [len(t) for t in setup.train.encoded.token_ids]
+        self.total_steps = self._total_steps()
+
+        self.dropout_seed = DropoutSeed(train.seed)
+        self.model = build_model(setup.model_config, self.dropout_seed)
+        self.schedule = WarmupLinearDecay(train.learning_rate, self.total_steps,
+                                          round(train.warmup_ratio * self.total_steps))
+        self.optimizer = keras.optimizers.AdamW(learning_rate=self.schedule,
+                                                weight_decay=train.weight_decay)
+        self.optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
+        self.optimizer.build(self.model.trainable_variables)  # slots exist before restore
+
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.batch = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch_in_epoch")
+        self.best = tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best_valid_loss")
+        self.bad_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="evals_without_gain")
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, dropout=self.dropout_seed.variable,
+            epoch=self.epoch, batch=self.batch, best=self.best, bad_evals=self.bad_evals)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, str(self.run.checkpoints), max_to_keep=train.keep_checkpoints)
+        self.best_manager = tf.train.CheckpointManager(
+            self.checkpoint, str(self.run.best_checkpoints), max_to_keep=1)
+        self._train_step = self._make_train_step()
+        self._eval_step = self._make_eval_step()
+        self._writer = None
+
+    # ------------------------------------------------------------ setup
+
+    def _plan(self, epoch):
+        t = self.config.train
+        return batching.epoch_batches(self.lengths, t.batch_size, t.seed, epoch,
+                                      t.bucket_by_length, t.batch_tokens)
+
+    def _total_steps(self):
+        t = self.config.train
+        total = sum(len(self._plan(e)) for e in range(t.epochs))
+        return min(total, t.max_steps) if t.max_steps else total
+
+    @property
+    def step(self):
+        return int(self.optimizer.iterations.numpy())
+
+    def restore_or_warm_start(self):
+        """Resume from the latest checkpoint, else load the pretrained weights."""
+        latest = self.manager.latest_checkpoint
+        if latest:
+            self.checkpoint.restore(latest).assert_consumed()
+            _truncate_metrics(self.run.metrics, self.step)
+            return latest
+        self.setup.warm_start(self.model)
+        return None
+
+    def _make_train_step(self):
+        clip = self.config.train.clip_norm
+        variables = self.model.trainable_variables
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
+                                      tf.TensorSpec([None], tf.int32)])
+        def step(tokens, labels):
+            self.dropout_seed.variable.assign_add([0, 1])
+            with tf.GradientTape() as tape:
+                logits = self.model([tokens, labels], training=True)
+                sums, counts = token_losses(logits, tokens, self.pad_id)
+                loss = tf.reduce_sum(sums) / tf.maximum(tf.reduce_sum(counts), 1.0)
+            grads = tape.gradient(loss, variables)
+            if clip:
+                grads, norm = tf.clip_by_global_norm(grads, clip)
+            else:
+                norm = tf.linalg.global_norm(grads)
+            self.optimizer.apply_gradients(zip(grads, variables))
+            return loss, tf.reduce_sum(counts), norm
+
+        return step
+
+    def _make_eval_step(self):
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
+                                      tf.TensorSpec([None], tf.int32)])
+        def step(tokens, labels):
+            logits = self.model([tokens, labels], training=False)
+            return token_losses(logits, tokens, self.pad_id)
+
+        return step
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self, split):
+        """Token-weighted loss and perplexity over ``split``, in all and per label."""
+        encoded = split.encoded
+        labels = self.setup.labels
+        sums = np.zeros(len(labels))
+        counts = np.zeros(len(labels))
+        lengths = [len(t) for t in encoded.token_ids]
+        for indices in batching.eval_batches(lengths, self.config.train.batch_size):
+            tokens, label_ids = batching.pad_batch(encoded.token_ids, encoded.label_ids,
+                                                   indices, self.pad_id)
+            row_sums, row_counts = self._eval_step(tokens, label_ids)
+            np.add.at(sums, label_ids, row_sums.numpy())
+            np.add.at(counts, label_ids, row_counts.numpy())
+        per_label = {}
+        for i, label in enumerate(labels):
+            if counts[i]:
+                loss = sums[i] / counts[i]
+                per_label[label] = {"loss": loss, "ppl": math.exp(min(loss, 50.0)),
+                                    "tokens": int(counts[i])}
+        return EvalResult(sums.sum() / max(counts.sum(), 1), int(counts.sum()), per_label)
+
+    def samples(self):
+        t, g = self.config.train, self.config.generate
+        if not t.samples_per_label:
+            return []
+        options = GenerationOptions(max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+                                    top_k=g.top_k, top_p=g.top_p,
+                                    repetition_penalty=g.repetition_penalty,
+                                    no_repeat_ngram=g.no_repeat_ngram, seed=t.seed)
+        out = generate(self.model, self.setup.tokenizer, list(range(len(self.setup.labels))),
+                       n=t.samples_per_label, options=options)
+        return [{"label": self.setup.labels[s.label_id], "text": s.text} for s in out]
+
+    # ------------------------------------------------------------ logging
+
+    def log(self, event, **values):
+        record = {"event": event, "step": self.step, "epoch": int(self.epoch.numpy()),
+                  "time": round(time.time(), 3), **values}
+        with open(self.run.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.run.tensorboard))
+        with self._writer.as_default(step=self.step):
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    tf.summary.scalar(f"{event}/{key}", value)
+
+    def say(self, text):
+        if self.progress:
+            tqdm.write(text)
+        else:
+            self.console(text)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save(self):
+        path = self.manager.save(checkpoint_number=self.step)
+        self.log("checkpoint", path=str(path))
+        return path
+
+    def _evaluate_and_report(self, name):
+        """Valid loss, samples and early-stopping bookkeeping; True to stop early."""
+        stop = False
+        if self.setup.valid is not None:
+            result = self.evaluate(self.setup.valid)
+            per_label = {k: round(v["ppl"], 3) for k, v in result.per_label.items()}
+            self.log("eval", valid_loss=result.loss, valid_ppl=result.ppl,
+                     per_label=result.per_label)
+            labels = ", ".join(f"{k} {v:.2f}" for k, v in per_label.items())
+            self.say(f"{name}: valid loss {result.loss:.4f}, perplexity {result.ppl:.2f} ({labels})")
+            if result.loss < float(self.best.numpy()):
+                self.best.assign(result.loss)
+                self.bad_evals.assign(0)
+                self.best_manager.save(checkpoint_number=self.step)
+            else:
+                self.bad_evals.assign_add(1)
+                patience = self.config.train.patience
+                stop = bool(patience and int(self.bad_evals.numpy()) >= patience)
+        samples = self.samples()
+        if samples:
+            self.run.samples.mkdir(exist_ok=True)
+            lines = [json.dumps({**s, "step": self.step, "epoch": int(self.epoch.numpy())},
+                                ensure_ascii=False) for s in samples]
+            write_text_atomic(self.run.samples / f"{name.replace(' ', '-')}.jsonl",
+                              "\n".join(lines) + "\n")
+            for s in samples:
+                self.say(f"  [{s['label']}] {s['text']}")
+        return stop
+
+    # ------------------------------------------------------------ the loop
+
+    def fit(self, stop_at_step=None):
+        """Train to the configured end; returns a short status string."""
+        t = self.config.train
+        bar = tqdm(total=self.total_steps, initial=min(self.step, self.total_steps),
+                   unit="step", disable=not self.progress, dynamic_ncols=True)
+        window_tokens, window_start = 0, time.perf_counter()
+        try:
+            while int(self.epoch.numpy()) < t.epochs:
+                epoch = int(self.epoch.numpy())
+                plan = self._plan(epoch)
+                bar.set_description(f"epoch {epoch + 1}/{t.epochs}")
+                for b in range(int(self.batch.numpy()), len(plan)):
+                    if self._finished_steps():
+                        return self._finish("reached train.max_steps")
+                    tokens, labels = batching.pad_batch(self.setup.train.encoded.token_ids,
+                                                        self.setup.train.encoded.label_ids,
+                                                        plan[b], self.pad_id)
+                    loss, count, norm = self._train_step(tokens, labels)
+                    loss = float(loss)
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(self._diverged_message(loss))
+                    self.batch.assign(b + 1)
+                    window_tokens += int(count)
+                    step = self.step
+                    bar.update(1)
+                    if step % t.log_every_steps == 0:
+                        elapsed = time.perf_counter() - window_start
+                        lr = float(self.schedule(step - 1))  # the rate this step used
+                        speed = window_tokens / max(elapsed, 1e-9)
+                        self.log("train", loss=loss, lr=lr, grad_norm=float(norm),
+                                 tokens_per_s=speed)
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
+                        if not self.progress:
+                            self.console(f"step {step}: loss {loss:.4f}, lr {lr:.2e}, "
+                                         f"{speed:,.0f} tokens/s")
+                        window_tokens, window_start = 0, time.perf_counter()
+                    if t.save_every_steps and step % t.save_every_steps == 0:
+                        self.save()
+                    if t.eval_every_steps and step % t.eval_every_steps == 0:
+                        if self._evaluate_and_report(f"step {step}"):
+                            self.save()
+                            return self._finish("early stopping: valid loss stopped improving")
+                    if stop_at_step is not None and step >= stop_at_step:
+                        self.save()
+                        return self._finish(f"stopped at step {step} as asked; run again to resume")
+                self.epoch.assign(epoch + 1)
+                self.batch.assign(0)
+                stop = self._evaluate_and_report(f"epoch {epoch + 1}")
+                self.save()
+                if stop:
+                    return self._finish("early stopping: valid loss stopped improving")
+            return self._finish("done")
+        except KeyboardInterrupt:
+            self.save()
+            raise TrainingInterrupted(
+                f"interrupted at step {self.step}; checkpoint saved in {self.run.checkpoints}; "
+                "run the same command to resume") from None
+        finally:
+            bar.close()
+            if self._writer is not None:
+                self._writer.flush()
+
+    def _finished_steps(self):
+        return self.config.train.max_steps and self.step >= self.config.train.max_steps
+
+    def _finish(self, status):
+        if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(
+                f"ckpt-{self.step}"):
+            self.save()
+        return status
+
+    def _diverged_message(self, loss):
+        latest = self.manager.latest_checkpoint
+        kept = f"the last good checkpoint {latest} is kept" if latest else "no checkpoint was saved"
+        return (f"loss became {loss} at step {self.step}; {kept}; lower train.learning_rate "
+                "(or train.clip_norm) and run again to resume from it")
+
+
+def _truncate_metrics(path, step):
+    """Drop events logged after ``step``: the resumed run logs them again."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+    write_text_atomic(path, "".join(line + "\n" for line in kept))

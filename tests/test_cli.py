@@ -1,0 +1,83 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cln_textgen.cli import main
+
+
+def test_help_does_not_import_tensorflow():
+    code = ("import sys\nfrom cln_textgen.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['generate', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "generate text for a label" in result.stdout
+
+
+def test_generate_text_and_jsonl(trained_run, capsys):
+    assert main(["generate", "--run", str(trained_run), "--label", "all", "-n", "2", "--seed", "5",
+                 "--format", "jsonl"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["label"] for x in lines] == ["0", "0", "1", "1"]
+    assert all(set(x) == {"label", "text", "prompt", "seed"} and x["seed"] == 5 for x in lines)
+    for x in lines:
+        assert "[" not in x["text"] and " " not in x["text"]  # no special tokens, no CJK spaces
+    assert main(["generate", "--run", str(trained_run), "--label", "1", "-n", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "== 1 ==" and len(out) == 3 and out[1].startswith("- ")
+
+
+def test_same_seed_same_texts_and_prompt(trained_run, capsys, tmp_path):
+    args = ["generate", "--run", str(trained_run), "--label", "0", "-n", "3", "--seed", "9",
+            "--prompt", "很好", "--format", "jsonl"]
+    main(args + ["--output", str(tmp_path / "a.jsonl")])
+    main(args + ["--output", str(tmp_path / "b.jsonl")])
+    a = (tmp_path / "a.jsonl").read_text(encoding="utf-8")
+    assert a == (tmp_path / "b.jsonl").read_text(encoding="utf-8")
+    assert all(json.loads(x)["text"].startswith("很好") for x in a.splitlines())
+    main(args[:-4] + ["--seed", "10", "--format", "jsonl"])
+    assert capsys.readouterr().out != a
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--label", "positive"], "unknown label 'positive'; valid labels: 0, 1 (or 'all')"),
+    (["--label", "0", "--top-p", "0"], "--top-p: must be in (0, 1]"),
+    (["--label", "0", "-n", "0"], "-n: must be at least 1"),
+    (["--label", "0", "--checkpoint", "nowhere"], "--checkpoint nowhere: not 'best', 'latest'"),
+])
+def test_generate_user_errors(trained_run, capsys, args, message):
+    assert main(["generate", "--run", str(trained_run), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_generate_from_a_run_without_checkpoints(tmp_path, capsys, trained_run):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    shutil.rmtree(run / "checkpoints")
+    assert main(["generate", "--run", str(run), "--label", "0"]) == 2
+    assert "no checkpoints yet; train the run first" in capsys.readouterr().err
+    assert main(["generate", "--run", str(tmp_path / "none"), "--label", "0"]) == 2
+    assert "run folder not found" in capsys.readouterr().err
+
+
+def test_python_api(trained_run):
+    from cln_textgen import TextGenerator
+
+    generator = TextGenerator.from_run(trained_run)
+    assert generator.labels == ["0", "1"]
+    samples = generator.generate("1", n=2, seed=3, top_k=5, max_new_tokens=6)
+    assert len(samples) == 2 and all(s["label"] == "1" for s in samples)
+    assert samples == generator.generate("1", n=2, seed=3, top_k=5, max_new_tokens=6)
+    with pytest.raises(TypeError, match="unknown generation option 'topk'"):
+        generator.generate("1", topk=5)
+
+
+def test_train_without_config(capsys):
+    assert main(["train"]) == 2
+    assert "--config: give a YAML config" in capsys.readouterr().err

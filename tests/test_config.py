@@ -1,0 +1,90 @@
+import pytest
+import yaml
+
+from cln_textgen.config import Config, config_from_dict, load_config, parse_override
+from cln_textgen.errors import UserError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_layers_defaults_then_file_then_overrides(tmp_path):
+    path = write(tmp_path, "run_dir: runs/a\ntrain:\n  batch_size: 8\n  epochs: 2\n")
+    config = load_config(path, ["train.epochs=5", "model.dropout=0"])
+    assert config.run_dir == "runs/a"
+    assert config.train.batch_size == 8  # file
+    assert config.train.epochs == 5  # override wins over file
+    assert config.model.dropout == 0.0 and isinstance(config.model.dropout, float)
+    assert config.train.learning_rate == Config().train.learning_rate  # default
+
+
+def test_unknown_key_names_line_and_suggests(tmp_path):
+    path = write(tmp_path, "run_dir: x\ntrain:\n  epochs: 2\n  bach_size: 3\n")
+    with pytest.raises(UserError, match=r"c.yaml:4: unknown key 'train.bach_size'; did you mean "
+                                        r"'train.batch_size'\?"):
+        load_config(path)
+    with pytest.raises(UserError, match=r"unknown section 'modle'; did you mean 'model'\?"):
+        load_config(None, ["modle.dropout=0.1"])
+
+
+def test_wrong_types_name_the_key(tmp_path):
+    with pytest.raises(UserError, match=r"c.yaml:2: data.max_length must be an integer, got 1.5"):
+        load_config(write(tmp_path, "data:\n  max_length: 1.5\n"))
+    with pytest.raises(UserError, match=r"train.batch_size must be an integer, got 'abc'"):
+        load_config(None, ["train.batch_size=abc"])
+    with pytest.raises(UserError, match=r"model.conditional must be true/false"):
+        load_config(None, ["model.conditional=maybe"])
+    with pytest.raises(UserError, match=r"train is a section"):
+        load_config(None, ["train=3"])
+
+
+def test_invalid_values(tmp_path):
+    with pytest.raises(UserError, match=r"train.batch_size: must be > 0"):
+        load_config(None, ["train.batch_size=0"])
+    with pytest.raises(UserError, match=r"model.format: 'onnx' is not one of auto, google, hf"):
+        load_config(None, ["model.format=onnx"])
+    with pytest.raises(UserError, match=r"model.dropout: must be in \[0, 1\)"):
+        load_config(None, ["model.dropout=1.5"])
+    with pytest.raises(UserError, match=r"data.labels: lists a label twice"):
+        load_config(None, ["data.labels=[a, a]"])
+
+
+def test_yaml_errors_and_missing_file(tmp_path):
+    with pytest.raises(UserError, match=r"c.yaml:3: invalid YAML"):
+        load_config(write(tmp_path, "run_dir: x\ntrain: [1,\n"))
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+    with pytest.raises(UserError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_override_values_are_yaml_scalars():
+    assert parse_override("train.max_steps=null") == ("train.max_steps", None)
+    assert parse_override("data.labels=[neg, pos]") == ("data.labels", ["neg", "pos"])
+    assert parse_override("model.pretrained=/a/b=c") == ("model.pretrained", "/a/b=c")
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        parse_override("train.epochs")
+
+
+def test_numeric_labels_become_strings():
+    assert load_config(None, ["data.labels=[0, 1]"]).data.labels == ["0", "1"]
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = load_config(None, ["train.epochs=7", "data.labels=[a, b]", "model.cond_hidden_units=4"])
+    again = config_from_dict(yaml.safe_load(config.to_yaml()), "saved")
+    assert again == config
+    path = write(tmp_path, config.to_yaml())
+    assert load_config(path) == config
+
+
+def test_example_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert configs, "configs/ holds the example configs"
+    for path in configs:
+        load_config(path)

@@ -1,0 +1,200 @@
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import write_tiny_task
+from cln_textgen.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args, check=True, **popen):
+    """Run cln-textgen in a new process (what a user's second command is)."""
+    result = subprocess.run([sys.executable, "-m", "cln_textgen", *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=600, **popen)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def events(run, kind):
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+
+def checkpoint_values(prefix):
+    from cln_textgen.backend import tf
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if not name.startswith("save_counter")}
+
+
+def test_a_run_folder_is_complete_and_self_contained(trained_run, tmp_path):
+    run = trained_run
+    for name in ("config.yaml", "model.json", "labels.json", "vocab.txt", "metrics.jsonl",
+                 "loss.png", "samples/epoch-1.jsonl", "samples/epoch-2.jsonl"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "labels.json").read_text()) == ["0", "1"]
+    assert list((run / "tensorboard").iterdir())
+    assert (run / "checkpoints" / "best" / "checkpoint").is_file()
+    train, evals = events(run, "train"), events(run, "eval")
+    assert [e["step"] for e in train] == list(range(1, 21))
+    assert [e["epoch"] for e in evals] == [1, 2]
+    assert set(evals[0]["per_label"]) == {"0", "1"}
+    assert all(k in train[0] for k in ("loss", "lr", "tokens_per_s", "grad_norm"))
+    samples = [json.loads(line) for line in (run / "samples/epoch-2.jsonl").read_text().splitlines()]
+    assert sorted(s["label"] for s in samples) == ["0", "0", "1", "1"]
+    # the run needs nothing outside its folder: move it away from the pretrained BERT and data
+    moved = tmp_path / "moved"
+    import shutil
+
+    shutil.copytree(run, moved)
+    result = cli("generate", "--run", str(moved), "--label", "all", "-n", "2", "--format", "jsonl")
+    assert len(result.stdout.splitlines()) == 4
+
+
+def test_training_lowers_the_loss(trained_run):
+    evals = events(trained_run, "eval")
+    train = events(trained_run, "train")
+    assert np.mean([e["loss"] for e in train[-5:]]) < np.mean([e["loss"] for e in train[:5]])
+    assert evals[-1]["valid_loss"] < evals[0]["valid_loss"]
+
+
+def test_rerunning_a_finished_run_says_it_is_complete(trained_run, capsys):
+    config = trained_run.parent / "config.yaml"
+    assert main(["train", "--config", str(config), "--no-progress"]) == 0
+    assert "this run is complete (20 steps)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_stop_and_resume_in_a_new_process_is_bitwise_exact(tmp_path, dropout):
+    config = write_tiny_task(tmp_path / "task")
+    common = ["--config", str(config), "--no-progress", "--set", f"model.dropout={dropout}"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    cli("train", *common, "--set", f"run_dir={straight}")
+    cli("train", *common, "--set", f"run_dir={resumed}", "--stop-at-step", "7")
+    assert events(resumed, "train")[-1]["step"] == 7
+    out = cli("train", *common, "--set", f"run_dir={resumed}").stdout
+    assert "resuming from" in out and "step 7, epoch 1, batch 7" in out
+    losses = [(e["step"], e["loss"]) for e in events(straight, "train")]
+    assert losses == [(e["step"], e["loss"]) for e in events(resumed, "train")]
+    a = checkpoint_values(straight / "checkpoints" / "ckpt-20")
+    b = checkpoint_values(resumed / "checkpoints" / "ckpt-20")
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_then_resume(tmp_path):
+    config = write_tiny_task(tmp_path / "task")
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "cln_textgen", "train", "--config", str(config),
+            "--no-progress", "--set", f"run_dir={run}", "--set", "train.save_every_steps=2",
+            "--set", "train.epochs=3"]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "checkpoint").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random().uniform(0.0, 2.0))  # somewhere in the middle of training
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    cli("train", "--config", str(config), "--no-progress", "--set", f"run_dir={run}",
+        "--set", "train.save_every_steps=2", "--set", "train.epochs=3")
+    assert max(e["step"] for e in events(run, "train")) == 30
+    steps = [e["step"] for e in events(run, "train")]
+    assert steps == sorted(set(steps))  # nothing logged twice after the resume
+    from cln_textgen.inference import TextGenerator
+
+    generator = TextGenerator.from_run(run, "latest")
+    assert generator.checkpoint.endswith("ckpt-30")
+    assert len(generator.generate("all", n=1, max_new_tokens=4)) == 2
+
+
+def test_resume_refuses_a_changed_architecture(trained_run, capsys):
+    config = trained_run.parent / "config.yaml"
+    code = main(["train", "--config", str(config), "--set", "model.label_embedding_size=16"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "model.label_embedding_size is 16 but the run" in err and "started with 8" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_raising_epochs_trains_longer(tmp_path):
+    config = write_tiny_task(tmp_path / "task", train_lines=48)
+    assert main(["train", "--config", str(config), "--no-progress", "--set", "train.epochs=1"]) == 0
+    assert main(["train", "--config", str(config), "--no-progress", "--set", "train.epochs=2"]) == 0
+    run = tmp_path / "task" / "run"
+    assert [e["step"] for e in events(run, "train")] == list(range(1, 7))
+    assert [e["epoch"] for e in events(run, "eval")] == [1, 2]
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    from cln_textgen import training
+
+    config = write_tiny_task(tmp_path / "task")
+    original = training.Trainer._make_train_step
+
+    def poisoned(self):
+        step = original(self)
+
+        def wrapped(tokens, labels):
+            loss, count, norm = step(tokens, labels)
+            return (loss * np.nan if self.step >= 7 else loss), count, norm
+
+        return wrapped
+
+    monkeypatch.setattr(training.Trainer, "_make_train_step", poisoned)
+    assert main(["train", "--config", str(config), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "loss became nan at step 7" in err and "ckpt-5" in err
+    latest = (tmp_path / "task" / "run" / "checkpoints" / "checkpoint").read_text()
+    assert 'model_checkpoint_path: "ckpt-5"' in latest
+
+
+def test_early_stopping_keeps_the_best(tmp_path, capsys, monkeypatch):
+    from cln_textgen import training
+
+    config = write_tiny_task(tmp_path / "task", train_lines=48)
+    losses = iter([2.0, 2.5, 3.0, 3.5])
+    original = training.Trainer.evaluate
+
+    def worsening(self, split):
+        result = original(self, split)
+        result.loss = next(losses)
+        return result
+
+    monkeypatch.setattr(training.Trainer, "evaluate", worsening)
+    args = ["train", "--config", str(config), "--no-progress", "--set", "train.epochs=4",
+            "--set", "train.patience=1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "early stopping" in out
+    run = tmp_path / "task" / "run"
+    assert [e["epoch"] for e in events(run, "eval")] == [1, 2]
+    best = (run / "checkpoints" / "best" / "checkpoint").read_text()
+    assert 'model_checkpoint_path: "ckpt-3"' in best
+
+
+@pytest.mark.parametrize("change,message", [
+    ("model.pretrained={tmp}/none", "pretrained BERT directory not found"),
+    ("data.valid={tmp}/bad_valid.tsv", "bad_valid.tsv:2: label '7' does not occur"),
+    ("data.train={tmp}/none.tsv", "none.tsv: data file not found"),
+    ("data.max_length=100", "data.max_length: 100 is longer than the BERT's 64 positions"),
+])
+def test_user_errors_are_one_line_and_leave_no_run(tmp_path, capsys, change, message):
+    config = write_tiny_task(tmp_path / "task", train_lines=20, valid_lines=5)
+    (tmp_path / "bad_valid.tsv").write_text("好\t1\n差\t7\n", encoding="utf-8")
+    code = main(["train", "--config", str(config), "--set", change.format(tmp=tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "task" / "run").exists()
