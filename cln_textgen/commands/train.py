@@ -1,0 +1,71 @@
+"""``cln-textgen train``: train a run from a config, or resume it."""
+
+import sys
+import time
+
+from cln_textgen.commands import add_config_args, say
+from cln_textgen.errors import UserError
+
+
+def register(sub):
+    p = sub.add_parser("train", help="train (or resume) a run from a YAML config",
+                       description="Train into run_dir. If run_dir already holds checkpoints, "
+                                   "training resumes from the latest one.")
+    add_config_args(p)
+    p.add_argument("--stop-at-step", type=int, metavar="N",
+                   help="save and stop once N optimizer steps are done (resume later)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from cln_textgen.config import load_config
+
+    if args.config is None and not args.overrides:
+        raise UserError("--config: give a YAML config (see configs/), e.g. --config configs/tiny.yaml")
+    config = load_config(args.config, args.overrides)
+    source = args.config or "--set"
+
+    from cln_textgen.plots import plot_losses
+    from cln_textgen.start import start_run
+    from cln_textgen.training import Trainer, TrainingDiverged, TrainingInterrupted
+
+    started = time.time()
+    setup = start_run(config, source)
+    run_dir = setup.run
+    say(f"run folder: {run_dir.path}")
+    say(setup.train.describe())
+    if setup.valid is not None:
+        say(setup.valid.describe())
+    say(f"labels: {', '.join(setup.labels)}")
+    trainer = Trainer(setup, console=say, progress=not args.no_progress)
+    restored = trainer.restore_or_warm_start()
+    t = config.train
+    if restored:
+        say(f"resuming from {restored}: step {trainer.step}, epoch "
+            f"{int(trainer.epoch.numpy()) + 1}, batch {int(trainer.batch.numpy())}")
+        if int(trainer.epoch.numpy()) >= t.epochs or (t.max_steps and trainer.step >= t.max_steps):
+            say(f"this run is complete ({trainer.step} steps); raise train.epochs or "
+                "train.max_steps to train longer")
+            return 0
+    else:
+        say(f"new run from {setup.pretrained.directory} ({setup.pretrained.format} format): "
+            f"{setup.model_config.num_hidden_layers} layers x {setup.model_config.hidden_size}, "
+            f"{trainer.total_steps} steps planned")
+    try:
+        status = trainer.fit(stop_at_step=args.stop_at_step)
+    except TrainingInterrupted as e:
+        say(str(e))
+        return 130
+    except TrainingDiverged as e:
+        print(f"cln-textgen train: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if run_dir.metrics.is_file():
+            plot_losses(run_dir.metrics, run_dir.plot, title=str(run_dir.path))
+    minutes = (time.time() - started) / 60
+    best = float(trainer.best.numpy())
+    best_text = f", best valid loss {best:.4f}" if best != float("inf") else ""
+    say(f"{status}: {trainer.step} steps in {minutes:.1f} min{best_text}")
+    say(f"run folder: {run_dir.path} (checkpoints/, metrics.jsonl, samples/, loss.png)")
+    return 0
