@@ -9,6 +9,7 @@ run continues with exactly the batches and masks an unbroken run would use.
 import dataclasses
 import json
 import math
+import signal
 import time
 
 import numpy as np
@@ -266,6 +267,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=min(self.step, self.total_steps),
                    unit="step", disable=not self.progress, dynamic_ncols=True)
         window_tokens, window_start = 0, time.perf_counter()
+        interrupt = _DeferredInterrupt()
         try:
             while int(self.epoch.numpy()) < t.epochs:
                 epoch = int(self.epoch.numpy())
@@ -305,19 +307,21 @@ class Trainer:
                     if stop_at_step is not None and step >= stop_at_step:
                         self.save()
                         return self._finish(f"stopped at step {step} as asked; run again to resume")
+                    interrupt.check(self)
                 self.epoch.assign(epoch + 1)
                 self.batch.assign(0)
                 stop = self._evaluate_and_report(f"epoch {epoch + 1}")
                 self.save()
                 if stop:
                     return self._finish("early stopping: valid loss stopped improving")
+                interrupt.check(self)
             return self._finish("done")
         except KeyboardInterrupt:
-            self.save()
-            raise TrainingInterrupted(
-                f"interrupted at step {self.step}; checkpoint saved in {self.run.checkpoints}; "
-                "run the same command to resume") from None
+            latest = self.manager.latest_checkpoint or "none"
+            raise TrainingInterrupted(f"stopped at once; the last checkpoint ({latest}) is kept; "
+                                      "run the same command to resume from it") from None
         finally:
+            interrupt.restore()
             bar.close()
             if self._writer is not None:
                 self._writer.flush()
@@ -336,6 +340,39 @@ class Trainer:
         kept = f"the last good checkpoint {latest} is kept" if latest else "no checkpoint was saved"
         return (f"loss became {loss} at step {self.step}; {kept}; lower train.learning_rate "
                 "(or train.clip_norm) and run again to resume from it")
+
+
+class _DeferredInterrupt:
+    """Ctrl-C stops training between two steps, never inside one.
+
+    A step and its bookkeeping (the batch position) must be saved together, or
+    a resumed run would repeat or skip a batch.  The first Ctrl-C only sets a
+    flag that the loop checks after each step; a second one stops at once,
+    keeping the last checkpoint.
+    """
+
+    def __init__(self):
+        self.requested = False
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self, trainer):
+        if self.requested:
+            trainer.save()
+            raise TrainingInterrupted(
+                f"interrupted at step {trainer.step}; checkpoint saved in "
+                f"{trainer.run.checkpoints}; run the same command to resume")
+
+    def restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _truncate_metrics(path, step):

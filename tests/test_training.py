@@ -198,3 +198,26 @@ def test_user_errors_are_one_line_and_leave_no_run(tmp_path, capsys, change, mes
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "task" / "run").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_resumes(tmp_path):
+    config = write_tiny_task(tmp_path / "task")
+    run = tmp_path / "task" / "run"
+    args = [sys.executable, "-m", "cln_textgen", "train", "--config", str(config), "--no-progress",
+            "--set", "train.epochs=3"]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 300
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 130
+    assert "interrupted at step" in out and "run the same command to resume" in out
+    stopped = int(out.split("interrupted at step ")[1].split(";")[0])
+    latest = (run / "checkpoints" / "checkpoint").read_text()
+    assert f'model_checkpoint_path: "ckpt-{stopped}"' in latest
+    result = cli("train", "--config", str(config), "--no-progress", "--set", "train.epochs=3")
+    assert f"step {stopped}," in result.stdout
+    assert max(e["step"] for e in events(run, "train")) == 30
