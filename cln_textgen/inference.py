@@ -95,10 +95,14 @@ class TextGenerator:
             raise TypeError(f"unknown generation option {unknown[0]!r}; known: {sorted(fields)}")
         return dataclasses.replace(self.defaults, **overrides)
 
-    def generate(self, label, n=1, prompt="", **options):
-        """``n`` samples per label as dicts ``{label, text, prompt, seed}``."""
+    def generate(self, label, n=1, prompt="", stream=None, **options):
+        """``n`` samples per label as dicts ``{label, text, prompt, seed}``.
+
+        ``stream(row, text_piece)``, if given, receives text as it is produced
+        (``row`` indexes the returned list; ``None`` ends a row).
+        """
         opts = self.options(**options)
         out = generate(self.model, self.tokenizer, self.label_ids(label), n=n, prompt=prompt,
-                       options=opts)
+                       options=opts, stream=stream)
         return [{"label": self.labels[g.label_id], "text": g.text, "prompt": prompt,
                  "seed": opts.seed} for g in out]

@@ -81,3 +81,24 @@ def test_python_api(trained_run):
 def test_train_without_config(capsys):
     assert main(["train"]) == 2
     assert "--config: give a YAML config" in capsys.readouterr().err
+
+
+def test_stream_prints_the_same_texts_in_order(trained_run, capsys):
+    args = ["generate", "--run", str(trained_run), "--label", "all", "-n", "2", "--seed", "4",
+            "--top-k", "5"]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert main(args + ["--stream"]) == 0
+    assert capsys.readouterr().out == plain
+    assert main(args + ["--stream", "--format", "jsonl"]) == 2
+
+
+def test_ordered_stream_holds_later_rows_until_their_turn():
+    from cln_textgen.commands.generate import OrderedStream
+
+    out = []
+    stream = OrderedStream(["a", "a", "b"], "P", write=out.append)
+    for row, piece in [(1, "x"), (0, "1"), (2, "z"), (1, None), (0, "2"), (2, None), (0, None)]:
+        stream(row, piece)
+    assert "".join(out) == "== a ==\n- P12\n- Px\n== b ==\n- Pz\n"
+    assert out[:3] == ["== a ==\n", "- P", "1"]  # row 0 is written as it arrives

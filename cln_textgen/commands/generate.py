@@ -23,6 +23,8 @@ def register(sub):
     p.add_argument("--greedy", action="store_true", help="always take the likeliest token")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="same seed and options -> same texts")
     p.add_argument("--checkpoint", default="best", metavar="WHICH", help="best (default), latest, or a path")
+    p.add_argument("--stream", action="store_true",
+                   help="print text as it is produced (text format, standard output)")
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
     p.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=run)
@@ -50,9 +52,19 @@ def run(args):
             raise UserError(f"--{key.replace('_', '-')}: {rule}, got {value}")
     options.update(greedy=args.greedy, seed=args.seed)
 
+    if args.stream and (args.format != "text" or args.output):
+        raise UserError("--stream: prints readable text to the terminal; drop --format jsonl "
+                        "and --output, or drop --stream")
+
     from cln_textgen.inference import TextGenerator
 
     generator = TextGenerator.from_run(args.run, args.checkpoint)
+    if args.stream:
+        labels = [name for name in generator.labels for _ in range(args.n)
+                  if args.label in ("all", name)]
+        printer = OrderedStream(labels, args.prompt)
+        generator.generate(args.label, n=args.n, prompt=args.prompt, stream=printer, **options)
+        return 0
     samples = generator.generate(args.label, n=args.n, prompt=args.prompt, **options)
     if args.format == "jsonl":
         text = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
@@ -79,3 +91,42 @@ def readable(samples):
             lines.append(f"== {current} ==")
         lines.append(f"- {s['text']}")
     return "\n".join(lines) + "\n"
+
+
+class OrderedStream:
+    """Prints streamed samples as ``readable`` does, one after another.
+
+    All rows are decoded at once, so pieces of later rows arrive while an
+    earlier one is still being written: the first unfinished row is printed
+    live, the others are held until their turn.
+    """
+
+    def __init__(self, labels, prompt, write=None):
+        self.labels, self.prompt = labels, prompt
+        self.write = write or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+        self.pieces = [[] for _ in labels]
+        self.done = [False] * len(labels)
+        self.current = -1
+        self._advance()
+
+    def __call__(self, row, piece):
+        if piece is None:
+            self.done[row] = True
+        elif row == self.current:
+            self.write(piece)
+        else:
+            self.pieces[row].append(piece)
+        if row == self.current and piece is None:
+            self.write("\n")
+            self._advance()
+
+    def _advance(self):
+        while self.current + 1 < len(self.labels):
+            self.current += 1
+            row = self.current
+            if row == 0 or self.labels[row] != self.labels[row - 1]:
+                self.write(f"== {self.labels[row]} ==\n")
+            self.write(f"- {self.prompt}" + "".join(self.pieces[row]))
+            if not self.done[row]:
+                return
+            self.write("\n")

@@ -1,0 +1,350 @@
+"""Samplers: small objects that choose the next token, on one decoding loop.
+
+:class:`Sampler` runs the loop over a :class:`~cln_textgen.decoding.CachedDecoder`
+and applies what every strategy shares (banned tokens, the minimum length,
+the CTRL repetition penalty, no-repeat n-grams, temperature); a subclass only
+says how to pick a token from the processed logits (``get_next_token``).
+:class:`BeamSampler` replaces the loop, since it keeps scored hypotheses.
+
+The logit work runs as TensorFlow ops, so only the chosen ids reach Python.
+Samplers whose choice XLA compiles well (greedy, top-k: a draw among k
+values) run inside the decoder's compiled step; the others (a draw over, or
+a sort of, the whole vocabulary, which XLA on CPU does 4-10x slower than
+TensorFlow's kernels) in a ``tf.function`` of their own after it.
+Randomness is stateless: step ``s`` draws with the seed ``[seed, s]``, so the
+same seed and inputs give the same tokens.
+"""
+
+import numpy as np
+
+from cln_textgen.backend import tf
+from cln_textgen.decoding import left_pad
+
+
+def apply_repetition_penalty(logits, history, length, penalty):
+    """CTRL's penalty (Keskar et al. 2019) on every token in ``history[:, :length]``:
+    positive logits are divided by ``penalty``, negative ones multiplied.
+    ``history`` is ``(rows, columns)`` int32 with -1 where there is no token."""
+    filled = tf.range(history.shape[1])[None, :] < length
+    seen = _token_counts(logits, tf.where(filled, history, -1)) > 0
+    penalised = tf.where(logits > 0, logits / penalty, logits * penalty)
+    return tf.where(seen, penalised, logits)
+
+
+def ban_repeated_ngrams(logits, history, length, n):
+    """Forbid every token that would complete an n-gram already present in
+    ``history[:, :length]`` (the row's prompt and its generated tokens)."""
+    starts = history.shape[1] - n + 1
+    ends = history[:, n - 1:n - 1 + starts]  # the token that completes each window
+    match = (tf.range(starts)[None, :] + n - 1 < length) & (ends >= 0)
+    for j in range(n - 1):
+        # the last n-1 tokens, one column at a time, against every window
+        suffix = tf.gather(history, tf.maximum(length - (n - 1) + j, 0), axis=1)
+        window = history[:, j:j + starts]
+        match &= (window == suffix[:, None]) & (window >= 0)
+    banned = _token_counts(logits, tf.where(match, ends, -1)) > 0
+    return tf.where(banned, tf.constant(-np.inf, logits.dtype), logits)
+
+
+def _token_counts(logits, ids):
+    """``(rows, vocab)`` counts of the ids >= 0 in each row of ``ids``."""
+    rows = tf.broadcast_to(tf.range(tf.shape(ids)[0])[:, None], tf.shape(ids))
+    valid = ids >= 0
+    indices = tf.stack([rows, tf.where(valid, ids, 0)], axis=-1)
+    return tf.scatter_nd(indices, tf.cast(valid, logits.dtype), tf.shape(logits))
+
+
+def gumbel_draw(logits, seed):
+    """One id per row drawn from ``softmax(logits)``, as the argmax of the
+    logits plus Gumbel noise: exact, and 3x faster than ``tf.random.categorical``
+    on a 21k vocabulary, which XLA also cannot compile with a 64-bit seed."""
+    tiny = np.finfo(np.float32).tiny
+    uniform = tf.random.stateless_uniform(tf.shape(logits), seed, minval=tiny, maxval=1.0)
+    return tf.argmax(logits - tf.math.log(-tf.math.log(uniform)), axis=-1, output_type=tf.int32)
+
+
+class Sampler:
+    """Base sampler: runs the loop; subclasses implement ``get_next_token``.
+
+    ``repetition_penalty`` 1.0 and ``no_repeat_ngram`` 0 are off.
+    """
+
+    # Whether the choice is compiled into the decoder's step (see the module doc).
+    in_step = False
+
+    def __init__(self, temperature=1.0, repetition_penalty=1.0, no_repeat_ngram=0, seed=0):
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+        if no_repeat_ngram < 0:
+            raise ValueError(f"no_repeat_ngram must be >= 0, got {no_repeat_ngram}")
+        self.temperature = float(temperature)
+        self.repetition_penalty = float(repetition_penalty)
+        self.no_repeat_ngram = int(no_repeat_ngram)
+        self.seed = int(seed)
+        self._choose = tf.function(self._choose_in_step)
+
+    def process(self, logits, history, length, banned):
+        """Logits with everything but the choice applied: ``banned`` ``(vocab,)``
+        bool mask, repetition penalty, n-gram bans, then temperature."""
+        logits = tf.where(banned[None, :], tf.constant(-np.inf, logits.dtype), logits)
+        if self.repetition_penalty != 1.0:
+            logits = apply_repetition_penalty(logits, history, length, self.repetition_penalty)
+        if self.no_repeat_ngram:
+            logits = ban_repeated_ngrams(logits, history, length, self.no_repeat_ngram)
+        return logits / self.temperature
+
+    def get_next_token(self, logits, seed):
+        """``(rows,)`` int32 ids chosen from processed ``(rows, vocab)`` logits;
+        ``seed`` is a ``(2,)`` integer tensor for stateless random ops."""
+        raise NotImplementedError
+
+    def _choose_in_step(self, logits, history, length, banned, seed):
+        return self.get_next_token(self.process(logits, history, length, banned), seed)
+
+    def __call__(self, decoder, prompts, label_ids, *, stop_id, banned_ids=(),
+                 max_new_tokens=64, min_new_tokens=0, num_return=1, on_token=None):
+        """Generate from each prompt (a list of ids) with its label.
+
+        Returns ``len(prompts) * num_return`` lists of new ids (without the
+        stop id), ``num_return`` consecutive ones per prompt.  ``on_token(row,
+        id)`` is called with each new id as soon as it is chosen, then once
+        with ``id=None`` when that row is done; ``row`` indexes the result.
+        """
+        prompts = [list(p) for p in prompts for _ in range(num_return)]
+        labels = [label for label in label_ids for _ in range(num_return)]
+        if max_new_tokens <= 0:
+            return [[] for _ in prompts]
+        state, logits = decoder.start(prompts, labels, max_new_tokens)
+        history, start = _history(prompts, max_new_tokens)
+        masks = _ban_masks(decoder.vocab_size, banned_ids, stop_id)
+        finished = np.zeros(len(prompts), bool)
+        generated = [[] for _ in prompts]
+        for step in range(max_new_tokens):
+            args = (tf.constant(history), tf.constant(start + step),
+                    masks[step < min_new_tokens], tf.constant([self.seed, step], tf.int64))
+            if step == 0:
+                chosen = self._choose(logits, *args).numpy()
+            else:
+                # Finished rows are fed the stop id and their logits ignored:
+                # one fixed batch shape keeps the compiled step.
+                feed = np.where(finished, stop_id, chosen)
+                if self.in_step:
+                    chosen = decoder.step(state, feed, self._choose_in_step, args).numpy()
+                else:
+                    chosen = self._choose(decoder.step(state, feed), *args).numpy()
+            history[:, start + step] = np.where(finished, -1, chosen)
+            for row in np.flatnonzero(~finished).tolist():
+                token = int(chosen[row])
+                if token == stop_id:
+                    finished[row] = True
+                    token = None
+                else:
+                    generated[row].append(token)
+                if on_token:
+                    on_token(row, token)
+            if finished.all():
+                break
+        if on_token:
+            for row in np.flatnonzero(~finished).tolist():
+                on_token(row, None)
+        return generated
+
+
+def _history(prompts, max_new_tokens):
+    """Every row's ids in cache-column order (-1: none yet), and the first new column."""
+    history, _ = left_pad(prompts, -1)
+    start = history.shape[1]
+    history = np.concatenate([history, np.full((len(prompts), max_new_tokens), -1, np.int32)], 1)
+    return history, start
+
+
+def _ban_masks(vocab_size, banned_ids, stop_id):
+    """``(after the minimum length, before it)``: the second also bans the stop id."""
+    mask = np.zeros(vocab_size, bool)
+    mask[list(banned_ids)] = True
+    early = mask.copy()
+    early[stop_id] = True
+    return tf.constant(mask), tf.constant(early)
+
+
+class GreedySampler(Sampler):
+    """The most likely token."""
+
+    in_step = True
+
+    def get_next_token(self, logits, seed):
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+
+class RandomSampler(Sampler):
+    """A draw from the whole (temperature-scaled) distribution."""
+
+    def get_next_token(self, logits, seed):
+        return gumbel_draw(logits, seed)
+
+
+class TopKSampler(Sampler):
+    """A draw among the ``k`` most likely tokens."""
+
+    in_step = True
+
+    def __init__(self, k=10, **kwargs):
+        super().__init__(**kwargs)
+        if k < 1:
+            raise ValueError(f"top-k needs k >= 1, got {k}")
+        self.k = int(k)
+
+    def get_next_token(self, logits, seed):
+        values, indices = tf.math.top_k(logits, k=min(self.k, logits.shape[-1]))
+        return tf.gather(indices, gumbel_draw(values, seed), batch_dims=1)
+
+
+class TopPSampler(Sampler):
+    """Nucleus sampling: a draw among the fewest most likely tokens whose
+    probability reaches ``p`` (Holtzman et al. 2019).
+
+    With ``k``, the distribution is first cut to the top ``k`` and
+    renormalised (top-k then top-p).  Without it the nucleus is still found
+    exactly, but from a partial sort: 64 then 1024 candidates are tried before
+    the whole vocabulary, since sorting 21k logits per row costs more than the
+    model step itself.
+    """
+
+    _CANDIDATES = (64, 1024)
+
+    def __init__(self, p=0.9, k=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 < p <= 1:
+            raise ValueError(f"top-p needs 0 < p <= 1, got {p}")
+        self.p = float(p)
+        self.k = None if k is None else int(k)
+        self.in_step = k is not None  # without k, a full sort may be needed
+
+    def get_next_token(self, logits, seed):
+        vocab = logits.shape[-1]
+        if self.k is not None:
+            return self._draw(logits, min(self.k, vocab), seed, renormalise=True)
+        sizes = [k for k in self._CANDIDATES if k < vocab] + [vocab]
+        return self._smallest_nucleus(logits, tf.nn.softmax(logits), sizes, seed)
+
+    def _smallest_nucleus(self, logits, probs, sizes, seed):
+        # When the top k hold mass >= p in every row, the nucleus lies inside them.
+        k, larger = sizes[0], sizes[1:]
+        if not larger:
+            return self._draw(logits, k, seed, renormalise=False)
+        enough = tf.reduce_all(tf.reduce_sum(tf.math.top_k(probs, k).values, -1) >= self.p)
+        return tf.cond(enough, lambda: self._draw(logits, k, seed, renormalise=False),
+                       lambda: self._smallest_nucleus(logits, probs, larger, seed))
+
+    def _draw(self, logits, k, seed, renormalise):
+        values, indices = tf.math.top_k(logits, k=k)
+        normaliser = values if renormalise else logits
+        probs = tf.exp(values - tf.reduce_logsumexp(normaliser, -1, keepdims=True))
+        keep = tf.cumsum(probs, axis=-1, exclusive=True) < self.p  # the first always
+        values = tf.where(keep, values, tf.constant(-np.inf, values.dtype))
+        return tf.gather(indices, gumbel_draw(values, seed), batch_dims=1)
+
+
+class BeamSampler(Sampler):
+    """Beam search: the ``num_return`` best-scoring sequences of ``num_beams`` beams.
+
+    A sequence's score is the sum of its tokens' log-probabilities under the
+    processed logits (no length normalisation).  Since every step can only
+    lower a score, a prompt is done once ``num_return`` finished sequences
+    score at least as high as its best live beam: the result is then exactly
+    the best that this beam width finds.  With one beam this is greedy search.
+    ``on_token`` receives each returned sequence once it is final.
+    """
+
+    def __init__(self, num_beams=4, **kwargs):
+        super().__init__(**kwargs)
+        if num_beams < 1:
+            raise ValueError(f"beam search needs num_beams >= 1, got {num_beams}")
+        self.num_beams = int(num_beams)
+        self._candidates = tf.function(self._candidates_impl)
+
+    def _candidates_impl(self, logits, history, length, banned, scores):
+        # The 2 * beams best (score, beam * vocab + token) of each prompt: enough
+        # to keep `beams` live beams even if every one of the best ends.
+        log_probs = tf.nn.log_softmax(self.process(logits, history, length, banned))
+        total = scores[:, None] + log_probs
+        total = tf.reshape(total, (-1, self.num_beams * log_probs.shape[-1]))
+        return tf.math.top_k(total, k=2 * self.num_beams)
+
+    def __call__(self, decoder, prompts, label_ids, *, stop_id, banned_ids=(),
+                 max_new_tokens=64, min_new_tokens=0, num_return=1, on_token=None):
+        beams = self.num_beams
+        if num_return > beams:
+            raise ValueError(f"beam search returns at most num_beams={beams} sequences, "
+                             f"not {num_return}")
+        groups = len(prompts)
+        rows = [list(p) for p in prompts for _ in range(beams)]
+        # Only the first beam of each prompt starts live, so the first step
+        # does not pick the same token once per identical beam.
+        scores = np.tile([0.0] + [-np.inf] * (beams - 1), groups).astype(np.float32)
+        tokens = [[] for _ in rows]
+        finished = [[] for _ in range(groups)]  # (score, ids) per prompt
+        done = np.zeros(groups, bool)
+        if max_new_tokens <= 0:
+            return self._best([[(0.0, [])]] * groups, num_return, on_token)
+        state, logits = decoder.start(rows, [label for label in label_ids for _ in range(beams)],
+                                      max_new_tokens)
+        history, start = _history(rows, max_new_tokens)
+        masks = _ban_masks(decoder.vocab_size, banned_ids, stop_id)
+        vocab = decoder.vocab_size
+        for step in range(max_new_tokens):
+            top_scores, top_ids = (t.numpy() for t in self._candidates(
+                logits, tf.constant(history), tf.constant(start + step),
+                masks[step < min_new_tokens], tf.constant(scores)))
+            parents = np.arange(len(rows))
+            chosen = np.full(len(rows), stop_id)
+            for group in np.flatnonzero(~done):
+                live = []
+                for rank, (score, flat) in enumerate(zip(top_scores[group], top_ids[group])):
+                    parent, token = group * beams + flat // vocab, flat % vocab
+                    if score == -np.inf or len(live) == beams:
+                        break
+                    if token == stop_id:
+                        if rank < beams:  # an end found below the beam width is not kept
+                            finished[group].append((float(score), tokens[parent]))
+                    else:
+                        live.append((float(score), parent, int(token)))
+                best = sorted(finished[group], key=lambda f: -f[0])
+                if not live or (len(best) >= num_return and best[num_return - 1][0] >= live[0][0]):
+                    done[group] = True
+                    continue
+                live += [(-np.inf, live[0][1], live[0][2])] * (beams - len(live))
+                for beam, (score, parent, token) in enumerate(live):
+                    row = group * beams + beam
+                    scores[row], parents[row], chosen[row] = score, parent, token
+            if done.all() or step == max_new_tokens - 1:
+                break
+            tokens = [tokens[p] + [int(t)] if not done[r // beams] else tokens[r]
+                      for r, (p, t) in enumerate(zip(parents, chosen))]
+            history = history[parents]
+            history[:, start + step] = chosen
+            scores[np.repeat(done, beams)] = -np.inf
+            decoder.reorder(state, parents)
+            logits = decoder.step(state, chosen)
+        for group in np.flatnonzero(~done):  # out of length: live beams count as ends
+            for row in range(group * beams, (group + 1) * beams):
+                if scores[row] > -np.inf:
+                    finished[group].append((float(scores[row]),
+                                            tokens[parents[row]] + [int(chosen[row])]))
+        return self._best(finished, num_return, on_token)
+
+    @staticmethod
+    def _best(finished, num_return, on_token):
+        results = []
+        for hypotheses in finished:
+            ranked = [ids for _, ids in sorted(hypotheses, key=lambda f: -f[0])]
+            # Fewer ends than asked for happens only when every token is banned.
+            results += (ranked + [[]] * num_return)[:num_return]
+        if on_token:
+            for row, ids in enumerate(results):
+                for token in ids:
+                    on_token(row, token)
+                on_token(row, None)
+        return results
