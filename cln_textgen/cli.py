@@ -13,7 +13,7 @@ import sys
 from cln_textgen import __version__
 from cln_textgen.errors import UserError
 
-COMMANDS = ("prepare", "train", "generate")
+COMMANDS = ("prepare", "train", "generate", "classifier", "evaluate")
 
 
 def build_parser():

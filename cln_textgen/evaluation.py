@@ -1,0 +1,443 @@
+"""Evaluating a run: label control, fluency, diversity, memorisation, length.
+
+The figures are those of the controllable-generation literature (PPLM, GeDi,
+DExperts), each next to the same figure for real text of the same label:
+
+* label accuracy: an independent classifier (:mod:`cln_textgen.classifier`)
+  labels every text; its accuracy on real text is the ceiling;
+* fluency: perplexity under a baseline run trained without the condition, and
+  both runs' perplexity on the real valid/test text (does the label help?);
+* diversity: Distinct-1/2/3 and Self-BLEU-4 over the texts of one label;
+* memorisation: texts equal to a training text, and the share of 8-grams
+  (units, see :mod:`cln_textgen.metrics`) found in the training text;
+* length in units.
+
+Real text is taken as the run sees it: split into pieces of at most
+``data.max_length`` tokens and decoded back, so both sides have the same
+casing, the same unknown characters dropped and the same maximum length.
+Every user error is found before any model is loaded.
+"""
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cln_textgen import batching, metrics
+from cln_textgen.backend import tf
+from cln_textgen.classifier import Classifier, ClassifierDir, default_dir
+from cln_textgen.config import load_config
+from cln_textgen.corpus import load_split
+from cln_textgen.errors import UserError
+from cln_textgen.inference import TextGenerator, load_model, resolve_checkpoint
+from cln_textgen.runs import open_run, write_text_atomic
+from cln_textgen.tokenization import TextTokenizer, read_vocab
+from cln_textgen.training import token_losses
+
+NGRAM = 8  # memorisation n-gram length, in units
+SELF_BLEU_N = 4
+FIGURES = (  # (key, name in tables and plots, format: "%" percent, ".3f", ".1f")
+    ("label_accuracy", "label accuracy (classifier)", "%"),
+    ("target_probability", "mean P(label) (classifier)", ".3f"),
+    ("baseline_perplexity", "perplexity under the baseline", ".1f"),
+    ("distinct_1", "Distinct-1", ".3f"),
+    ("distinct_2", "Distinct-2", ".3f"),
+    ("distinct_3", "Distinct-3", ".3f"),
+    ("self_bleu_4", "Self-BLEU-4 (lower: more diverse)", ".3f"),
+    ("exact_copy_rate", "exact copies of a training text", "%"),
+    ("train_ngram_overlap", f"{NGRAM}-grams found in the training text", "%"),
+    ("length_mean", "mean length (units)", ".1f"),
+    ("length_median", "median length (units)", ".1f"),
+)
+PLOTTED = ("label_accuracy", "baseline_perplexity", "distinct_2", "self_bleu_4",
+           "train_ngram_overlap", "length_mean")
+
+
+@dataclasses.dataclass
+class EvalSettings:
+    run: str
+    classifier: str | None = None  # None: <run>-classifier
+    baseline_run: str | None = None
+    n: int = 100  # texts per label
+    seed: int = 0
+    split: str = "test"  # where the real texts come from
+    checkpoint: str = "best"
+    batch_size: int = 32
+    samples: int = 5  # generated texts per label shown in report.md
+    options: dict = dataclasses.field(default_factory=dict)  # generation overrides
+
+
+def _preflight(s):
+    """Every path, file and label check, before anything slow happens."""
+    run = open_run(s.run)
+    config, labels = run.read_config(), run.read_labels()
+    checkpoint = resolve_checkpoint(run, s.checkpoint)
+    split_path = getattr(config.data, s.split)
+    if not split_path:
+        other = "valid" if s.split == "test" else "test"
+        raise UserError(f"{run.config}: data.{s.split} is not set, so there is no real text to "
+                        f"compare with; pass --split {other}")
+    folder = ClassifierDir(s.classifier or default_dir(run.path))
+    if not folder.is_complete():
+        raise UserError(f"{folder.path}: no trained classifier there; train one with: "
+                        f"cln-textgen classifier train --config {run.config} (or pass "
+                        "--classifier DIR)")
+    judged = folder.read_json(folder.labels)
+    if sorted(judged) != sorted(labels):
+        raise UserError(f"{folder.labels}: labels {', '.join(judged)} differ from the run's "
+                        f"{', '.join(labels)} ({run.labels}); train the classifier on the run's "
+                        f"config: cln-textgen classifier train --config {run.config}")
+    for key in ("train", "valid", "test"):
+        path = getattr(config.data, key)
+        if path and not Path(path).is_file():
+            raise UserError(f"{path}: not found (data.{key} of {run.config}); evaluate reads the "
+                            "run's data: restore the file, or run from the folder it was "
+                            "trained in if the path is relative")
+    notes = []
+    judge_data = load_config(folder.config).data.train
+    if judge_data != config.data.train:
+        notes.append(f"the classifier was trained on {judge_data}, the run on {config.data.train}")
+    baseline = None
+    if s.baseline_run:
+        baseline = open_run(s.baseline_run)
+        base_config = baseline.read_config()
+        if base_config.model.conditional:
+            raise UserError(f"--baseline-run {s.baseline_run}: model.conditional is true there; "
+                            "train the baseline with the run's config plus --set "
+                            "model.conditional=false --set run_dir=DIR")
+        resolve_checkpoint(baseline, s.checkpoint)
+        for key in ("train", "max_length"):
+            mine, theirs = getattr(config.data, key), getattr(base_config.data, key)
+            if mine != theirs:
+                notes.append(f"the baseline has data.{key}={theirs}, the run {mine}")
+        if base_config.model.pretrained != config.model.pretrained:
+            notes.append(f"the baseline started from {base_config.model.pretrained}, the run "
+                         f"from {config.model.pretrained}")
+    return run, config, labels, checkpoint, split_path, folder, baseline, notes
+
+
+def evaluate(s, say=print):
+    """Run the whole evaluation; returns ``(report, folder)``."""
+    run, config, labels, checkpoint, split_path, folder, baseline, notes = _preflight(s)
+
+    generator = TextGenerator.from_run(run.path, s.checkpoint)
+    options = generator.options(**s.options, num_beams=1, greedy=False)
+    say(f"generating {s.n} texts per label from {checkpoint}")
+    generated = _generate(generator, labels, s.n, s.batch_size, options)
+
+    tokenizer = generator.tokenizer
+    splits = {}
+
+    def split(name):  # each split is read and encoded once
+        if name not in splits:
+            splits[name] = load_split(name, getattr(config.data, name), config, tokenizer, labels)
+        return splits[name]
+
+    real = _sample_real(split(s.split), tokenizer, labels, s.n, s.seed)
+    for label in labels:
+        if len(real[label]) < s.n:
+            notes.append(f"label {label}: only {len(real[label])} real texts in the {s.split} "
+                         f"split for {s.n} generated; figures that depend on the count "
+                         "(Distinct-n, Self-BLEU) compare less well")
+    groups = {"generated": generated, "real": real}
+    table = {label: {g: {"count": len(groups[g][label])} for g in groups} for label in labels}
+
+    say(f"judging the label with the classifier in {folder.path}")
+    judge = Classifier.load(folder.path)
+    _judge(judge, groups, labels, table, s.batch_size)
+    say("diversity, length and copies of training text")
+    _text_figures(groups, [tokenizer.decode(ids) for ids in split("train").encoded.token_ids],
+                  labels, table)
+
+    say("perplexity" + (" (run and baseline)" if baseline else ""))
+    real_splits = [name for name in ("valid", "test") if getattr(config.data, name)]
+    score = _scorer(generator.model, tokenizer.pad_id, s.batch_size)
+    perplexity = {"run": {name: _perplexities(score, split(name).encoded.token_ids,
+                                              split(name).encoded.label_ids, labels)
+                          for name in real_splits}, "baseline": None}
+    if baseline is not None:
+        perplexity["baseline"] = _baseline_perplexities(
+            baseline, s, config, labels, real_splits, groups, table)
+
+    report = {
+        "run": str(run.path), "checkpoint": str(checkpoint),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "settings": {
+            "n_per_label": s.n, "seed": s.seed, "real_split": s.split,
+            "real_file": str(split_path), "batch_size": s.batch_size,
+            "generation": dataclasses.asdict(options),
+            "generation_seeds": "batch i of every label uses SeedSequence([seed, i]); every "
+                                "label gets the same seeds",
+            "units": "CJK characters, words (letter/digit runs), punctuation marks",
+            "ngram_n": NGRAM, "self_bleu_max_n": SELF_BLEU_N,
+            "classifier": str(folder.path),
+            "baseline_run": str(baseline.path) if baseline else None,
+        },
+        "classifier": {"dir": str(folder.path), "test_accuracy": judge.report["test"]["micro"],
+                       "test_macro_accuracy": judge.report["test"]["macro"],
+                       "test_examples": judge.report["test"]["examples"]},
+        "labels": table,
+        "macro": {g: {key: metrics.macro(table[label][g].get(key) for label in labels)
+                      for key, _, _ in FIGURES} for g in groups},
+        "perplexity": perplexity,
+        "notes": notes,
+    }
+    out = _write(run, report, generated, s.samples)
+    return report, out
+
+
+def _judge(judge, groups, labels, table, batch_size):
+    """Label accuracy, and mean probability of the wanted label, by the classifier."""
+    for g, texts in groups.items():
+        for label in labels:
+            probs = judge.probabilities(texts[label], batch_size)
+            want, row = judge.labels.index(label), table[label][g]
+            row["label_accuracy"] = float(np.mean(probs.argmax(-1) == want)) if len(probs) else None
+            row["target_probability"] = float(probs[:, want].mean()) if len(probs) else None
+
+
+def _text_figures(groups, train_texts, labels, table):
+    """Diversity, copies of training text and length of every group of texts."""
+    train = [metrics.units(t) for t in train_texts]
+    units = {g: {label: [metrics.units(t) for t in texts[label]] for label in labels}
+             for g, texts in groups.items()}
+    wanted = {gram for per_label in units.values() for texts in per_label.values()
+              for text in texts for gram in metrics.ngrams(text, NGRAM)}
+    found = metrics.ngrams_found(wanted, train, NGRAM)
+    train_set = {tuple(text) for text in train}
+    for g, per_label in units.items():
+        for label, texts in per_label.items():
+            row = table[label][g]
+            for n in (1, 2, 3):
+                row[f"distinct_{n}"] = metrics.distinct_n(texts, n)
+            row["self_bleu_4"] = metrics.self_bleu(texts, SELF_BLEU_N)
+            row["exact_copy_rate"] = metrics.exact_copy_rate(texts, train_set)
+            row["train_ngram_overlap"], row["train_ngrams"] = metrics.ngram_overlap(
+                texts, found, NGRAM)
+            stats = metrics.length_stats(texts)
+            row["length_mean"], row["length_median"] = stats["mean"], stats["median"]
+
+
+def _generate(generator, labels, n, batch_size, options):
+    """``{label: [text]}``; batch i of every label draws from the same seed, so
+    differences between labels come from the label, not from the random numbers."""
+    out = {}
+    for label in labels:
+        texts = []
+        for i, start in enumerate(range(0, n, batch_size)):
+            seed = int(np.random.SeedSequence([options.seed, i]).generate_state(1)[0])
+            batch = dataclasses.replace(options, seed=seed)
+            texts += [x["text"] for x in generator.generate(
+                label, n=min(batch_size, n - start), **dataclasses.asdict(batch))]
+        out[label] = texts
+    return out
+
+
+def _sample_real(split, tokenizer, labels, n, seed):
+    """Up to ``n`` pieces of each label, drawn without replacement, as text."""
+    rng = np.random.default_rng(seed)
+    ids = np.asarray(split.encoded.label_ids)
+    out = {}
+    for i, label in enumerate(labels):
+        rows = np.flatnonzero(ids == i)
+        chosen = rng.choice(rows, size=min(n, len(rows)), replace=False)
+        out[label] = [tokenizer.decode(split.encoded.token_ids[r]) for r in chosen]
+    return out
+
+
+def _scorer(model, pad_id, batch_size):
+    """``score(token_ids, label_ids) -> (summed loss, token count)`` per row, in input
+    order; one compiled step per model, whatever the batch shapes."""
+    step = tf.function(lambda t, y: token_losses(model([t, y], training=False), t, pad_id),
+                       input_signature=[tf.TensorSpec([None, None], tf.int32),
+                                        tf.TensorSpec([None], tf.int32)])
+
+    def score(token_ids, label_ids):
+        sums, counts = np.zeros(len(token_ids)), np.zeros(len(token_ids))
+        for rows in batching.eval_batches([len(t) for t in token_ids], batch_size):
+            tokens, labels = batching.pad_batch(token_ids, label_ids, rows, pad_id)
+            row_sums, row_counts = step(tokens, labels)
+            sums[rows], counts[rows] = row_sums.numpy(), row_counts.numpy()
+        return sums, counts
+
+    return score
+
+
+def _perplexities(score, token_ids, label_ids, labels):
+    """Token-weighted perplexity per label and over all (``"all"``)."""
+    sums, counts = score(token_ids, label_ids)
+    label_ids = np.asarray(label_ids)
+    out = {}
+    for key, mask in [(label, label_ids == i) for i, label in enumerate(labels)] + \
+            [("all", np.ones(len(label_ids), bool))]:
+        total = counts[mask].sum()
+        out[key] = math.exp(min(sums[mask].sum() / total, 50.0)) if total else None
+    return out
+
+
+def _baseline_perplexities(baseline, s, config, labels, split_names, groups, table):
+    """The baseline's perplexity on the real splits (returned) and on the
+    generated and real texts of each label (written into ``table``)."""
+    base_config = baseline.read_config()
+    model, _, _ = load_model(baseline, s.checkpoint)
+    tokenizer = TextTokenizer(read_vocab(baseline.vocab), base_config.model.lower_case)
+    score = _scorer(model, tokenizer.pad_id, s.batch_size)
+    out = {}
+    for name in split_names:  # the run's files, in the baseline's vocabulary
+        e = load_split(name, getattr(config.data, name), config, tokenizer, labels).encoded
+        out[name] = _perplexities(score, e.token_ids, e.label_ids, labels)
+    for g, texts in groups.items():
+        pairs = [(tokenizer.encode(t, base_config.data.max_length), i)
+                 for i, label in enumerate(labels) for t in texts[label]]
+        ppl = _perplexities(score, [p[0] for p in pairs], [p[1] for p in pairs], labels)
+        for label in labels:
+            table[label][g]["baseline_perplexity"] = ppl[label]
+    return out
+
+
+# ------------------------------------------------------------ the report
+
+
+def _fmt(value, kind=".3f"):
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f} %" if kind == "%" else format(value, kind)
+
+
+def _write(run, report, generated, samples):
+    """``evaluation/<time>/``: report.json, report.md, report.png, generations.jsonl."""
+    base = run.path / "evaluation" / time.strftime("%Y%m%d-%H%M%S")
+    out, k = base, 1
+    while out.exists():  # two evaluations within one second
+        k += 1
+        out = base.with_name(f"{base.name}-{k}")
+    try:
+        out.mkdir(parents=True)
+        write_text_atomic(out / "report.json",
+                          json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+        write_text_atomic(out / "generations.jsonl", "".join(
+            json.dumps({"label": label, "text": t}, ensure_ascii=False) + "\n"
+            for label, texts in generated.items() for t in texts))
+        write_text_atomic(out / "report.md", _markdown(report, generated, samples))
+        _plot(report, out / "report.png")
+    except OSError as e:
+        raise UserError(f"{out}: cannot write the report ({e.strerror})") from None
+    return out
+
+
+def _figure_table(columns):
+    """Markdown rows: one per figure, one column per (heading, figures dict)."""
+    lines = ["| figure | " + " | ".join(h for h, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for key, name, kind in FIGURES:
+        if all(figures.get(key) is None for _, figures in columns):
+            continue  # e.g. no baseline given
+        lines.append(f"| {name} | " + " | ".join(_fmt(f.get(key), kind) for _, f in columns)
+                     + " |")
+    return lines
+
+
+def _markdown(report, generated, samples):
+    s, c = report["settings"], report["classifier"]
+    g = s["generation"]
+    lines = [f"# Evaluation of {report['run']}", "",
+             f"- checkpoint: `{report['checkpoint']}`, {report['created']}",
+             f"- {s['n_per_label']} generated texts per label (seed {s['seed']}; temperature "
+             f"{g['temperature']}, top-k {g['top_k']}, top-p {g['top_p']}, max "
+             f"{g['max_new_tokens']} new tokens), real texts from the {s['real_split']} split "
+             f"(`{s['real_file']}`)",
+             f"- classifier `{c['dir']}`: {_fmt(c['test_accuracy'], '%')} accuracy "
+             f"({_fmt(c['test_macro_accuracy'], '%')} macro) on its test split: how far "
+             "its verdict can be trusted",
+             f"- baseline run: `{s['baseline_run']}`" if s["baseline_run"] else
+             "- no baseline run given (--baseline-run): perplexity figures left out",
+             f"- units: {s['units']}", ""]
+    lines += ["## All labels (macro average)", ""]
+    lines += _figure_table([("generated", report["macro"]["generated"]),
+                            ("real", report["macro"]["real"])])
+    for label, groups in report["labels"].items():
+        lines += ["", f"## Label {label}", ""]
+        lines += _figure_table([(f"generated ({groups['generated']['count']})",
+                                 groups["generated"]),
+                                (f"real ({groups['real']['count']})", groups["real"])])
+    lines += ["", "## Perplexity on real text", "",
+              "Lower is better; the conditional run below the baseline means the label "
+              "helps predict the text.", "",
+              "| split | label | run | baseline |", "|---|---|---|---|"]
+    ppl = report["perplexity"]
+    for split, per_label in ppl["run"].items():
+        for label, value in per_label.items():
+            base = ppl["baseline"][split][label] if ppl["baseline"] else None
+            lines.append(f"| {split} | {label} | {_fmt(value, '.1f')} | {_fmt(base, '.1f')} |")
+    if samples:
+        lines += ["", "## Samples", ""]
+        for label, texts in generated.items():
+            lines += [f"**{label}**", ""] + [f"- {t}" for t in texts[:samples]] + [""]
+    if report["notes"]:
+        lines += ["## Notes", ""] + [f"- {note}" for note in report["notes"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _plot(report, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {key: name for key, name, _ in FIGURES}
+    keys = [k for k in PLOTTED if report["macro"]["generated"].get(k) is not None]
+    labels = list(report["labels"])
+    columns = 3
+    rows = math.ceil(len(keys) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(10, 3.2 * rows), dpi=110, squeeze=False)
+    x = np.arange(len(labels))
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax, key in zip(axes.flat, keys):
+        for offset, group, color in ((-0.2, "real", "0.6"), (0.2, "generated", "tab:blue")):
+            values = [report["labels"][label][group].get(key) for label in labels]
+            ax.bar(x + offset, [np.nan if v is None else v for v in values], 0.4,
+                   label=group, color=color)
+        ax.set_xticks(x, labels)
+        ax.set_title(names[key].split(" (")[0], fontsize=9)
+        ax.set_ylim(bottom=0)  # every figure is >= 0; an all-zero panel stays readable
+        ax.grid(axis="y", alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"{report['run']}: generated vs real text, per label", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def summary_lines(report):
+    """The printed summary: a table of the main figures, ``generated (real)`` per
+    label and macro-averaged, then the perplexity of real text."""
+    shown = [("label_accuracy", "label accuracy"), ("baseline_perplexity", "ppl (baseline)"),
+             ("distinct_2", "Distinct-2"), ("self_bleu_4", "Self-BLEU-4"),
+             ("exact_copy_rate", "exact copies"), ("train_ngram_overlap", f"{NGRAM}-gram overlap"),
+             ("length_mean", "mean length")]
+    kinds = {key: kind for key, _, kind in FIGURES}
+    columns = {label: groups for label, groups in report["labels"].items()}
+    columns["macro"] = report["macro"]
+    table = [["generated (real)"] + list(columns)]
+    for key, title in shown:
+        if report["macro"]["generated"].get(key) is not None:
+            table.append([title] + [f"{_fmt(c['generated'].get(key), kinds[key])} "
+                                    f"({_fmt(c['real'].get(key), kinds[key])})"
+                                    for c in columns.values()])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    c = report["classifier"]
+    lines.append(f"classifier accuracy on its test split: {_fmt(c['test_accuracy'], '%')}")
+    ppl = report["perplexity"]
+    for split, per_label in ppl["run"].items():
+        base = ppl["baseline"][split]["all"] if ppl["baseline"] else None
+        lines.append(f"{split} perplexity: run {_fmt(per_label['all'], '.1f')}"
+                     + (f", baseline {_fmt(base, '.1f')}" if base is not None else ""))
+    if not ppl["baseline"]:
+        lines.append("no --baseline-run: perplexity under an unconditional baseline left out")
+    lines += [f"note: {note}" for note in report["notes"]]
+    return lines
