@@ -50,11 +50,28 @@ def eval_batches(lengths, batch_size):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def pad_batch(token_ids, label_ids, indices, pad_id=0):
-    """``(tokens int32 [rows, longest], labels int32 [rows])`` for ``indices``."""
+def pad_batch(token_ids, label_ids, indices, pad_id=0, length_multiple=1, rows_multiple=1):
+    """``(tokens int32 [rows, length], labels int32 [rows])`` for ``indices``.
+
+    ``length`` is the longest row rounded up to ``length_multiple``: under XLA
+    every new shape is a new compilation, so lengths are kept to a few values.
+    ``rows`` is rounded up to ``rows_multiple`` (the replicas, which split the
+    rows evenly) with filler rows: the first token of the first row, then
+    padding.  A filler row has no target, so it adds nothing to the loss, and
+    its one real token keeps its attention well defined.
+    """
     rows = [token_ids[i] for i in indices]
-    tokens = np.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=np.int32)
+    length = -(-max(len(r) for r in rows) // length_multiple) * length_multiple
+    count = -(-len(rows) // rows_multiple) * rows_multiple
+    tokens = np.full((count, length), pad_id, dtype=np.int32)
     for row, ids in enumerate(rows):
         tokens[row, :len(ids)] = ids
-    labels = np.asarray([label_ids[i] for i in indices], dtype=np.int32)
+    tokens[len(rows):, 0] = rows[0][0]
+    labels = np.zeros(count, dtype=np.int32)
+    labels[:len(rows)] = [label_ids[i] for i in indices]
     return tokens, labels
+
+
+def real_targets(tokens, pad_id=0):
+    """How many next-token targets of a padded batch are real (not padding)."""
+    return int(np.count_nonzero(tokens[:, 1:] != pad_id))

@@ -33,7 +33,7 @@ from cln_textgen.corpus import load_split, read_train_labels
 from cln_textgen.errors import UserError
 from cln_textgen.layers import SeededTruncatedNormal
 from cln_textgen.metrics import label_accuracy
-from cln_textgen.modeling import _TANH_GELUS, ACTIVATIONS, _gelu_tanh, load_bert_weights
+from cln_textgen.modeling import activation, load_bert_weights
 from cln_textgen.pretrained import open_pretrained
 from cln_textgen.runs import write_text_atomic
 from cln_textgen.tokenization import TextTokenizer, read_vocab, write_vocab
@@ -110,15 +110,13 @@ class _Encoder(bert4keras.models.BERT):
 
 def build_classifier(config):
     """The Keras model ``token_ids -> label logits`` (softmax applied by the caller)."""
-    if config.hidden_act not in ACTIVATIONS:
-        raise ValueError(f"unsupported hidden_act {config.hidden_act!r}")
     encoder = _Encoder(
         seed=config.seed, layer_norm_eps=config.layer_norm_eps,
         vocab_size=config.vocab_size, hidden_size=config.hidden_size,
         num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads,
         intermediate_size=config.intermediate_size,
-        hidden_act=_gelu_tanh if config.hidden_act in _TANH_GELUS else config.hidden_act,
+        hidden_act=activation(config.hidden_act),
         dropout_rate=config.dropout, attention_dropout_rate=config.attention_dropout,
         max_position=config.max_position, segment_vocab_size=0, name="bert")
     encoder.build()

@@ -57,17 +57,20 @@ class ConditionalLayerNormalization(keras.layers.Layer):
                     use_bias=False,
                     kernel_initializer=self.hidden_initializer,
                     name="hidden_dense",
+                    dtype=self.dtype_policy,
                 )
                 self.hidden_dense.build((None, cond_dim))
                 cond_dim = self.hidden_units
             if self.center:
                 self.beta_dense = keras.layers.Dense(
-                    dim, use_bias=False, kernel_initializer="zeros", name="beta_dense"
+                    dim, use_bias=False, kernel_initializer="zeros", name="beta_dense",
+                    dtype=self.dtype_policy,
                 )
                 self.beta_dense.build((None, cond_dim))
             if self.scale:
                 self.gamma_dense = keras.layers.Dense(
-                    dim, use_bias=False, kernel_initializer="zeros", name="gamma_dense"
+                    dim, use_bias=False, kernel_initializer="zeros", name="gamma_dense",
+                    dtype=self.dtype_policy,
                 )
                 self.gamma_dense.build((None, cond_dim))
         super().build(input_shape)

@@ -71,6 +71,14 @@ def _gelu_tanh(x):
     return 0.5 * x * (1.0 + tf.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
 
 
+def activation(name):
+    """The Keras activation for a BERT config's ``hidden_act`` (tanh-approximated
+    GELUs as a function; bert4keras's own ``gelu`` is the exact erf one)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported hidden_act {name!r}")
+    return _gelu_tanh if name in _TANH_GELUS else name
+
+
 class DropoutSeed:
     """The random state of every dropout draw: ``[seed, counter]`` in a variable.
 
@@ -129,17 +137,23 @@ class SeededAttention(bert4keras.layers.MultiHeadAttention):
         qw, kw, vw = inputs[:3]
         a_bias = inputs[3] if kwargs.get("a_bias") else None
         scores = tf.einsum("bjhd,bkhd->bhjk", qw, kw) / self.key_size ** 0.5
+        scores = tf.cast(scores, tf.float32)  # mixed precision: softmax in float32
         if a_bias is not None and a_bias.shape.rank == 3:
             a_bias = a_bias[:, None]
         probs = bert4keras.backend.attention_normalize(scores, mask[1] if mask else None, -1, "softmax", a_bias)
         probs = _dropout(probs, self.attention_dropout, self.source, self.salt,
                          kwargs.get("training"))
-        return tf.einsum("bhjk,bkhd->bjhd", probs, vw), scores
+        return tf.einsum("bhjk,bkhd->bjhd", tf.cast(probs, vw.dtype), vw), scores
 
     def get_config(self):
         config = super().get_config()
         config.update(salt=self.salt)
         return config
+
+
+# Under a mixed precision policy every norm and the logits stay float32: the
+# float32 output of MLM-Norm makes the tied projection float32, and these keep it.
+_FLOAT32_HEAD = ("MLM-Bias", "MLM-Activation")
 
 
 class _ConditionalLM(bert4keras.models.LM_Mask, bert4keras.models.BERT):
@@ -162,7 +176,9 @@ class _ConditionalLM(bert4keras.models.LM_Mask, bert4keras.models.BERT):
     def apply(self, inputs=None, layer=None, arguments=None, **kwargs):
         if layer is bert4keras.layers.LayerNormalization:
             layer = ConditionalLayerNormalization
-            kwargs["epsilon"] = self._layer_norm_eps
+            kwargs.update(epsilon=self._layer_norm_eps, dtype="float32")
+        elif kwargs.get("name") in _FLOAT32_HEAD:
+            kwargs["dtype"] = "float32"
         elif layer is bert4keras.layers.Dropout:
             if not kwargs.get("rate"):
                 return inputs
@@ -180,9 +196,7 @@ def build_model(config, dropout_seed=None):
     ``dropout_seed`` is the :class:`DropoutSeed` the trainer checkpoints; a new
     one is made when not given (inference, tests).
     """
-    if config.hidden_act not in ACTIVATIONS:
-        raise ValueError(f"unsupported hidden_act {config.hidden_act!r}")
-    act = _gelu_tanh if config.hidden_act in _TANH_GELUS else config.hidden_act
+    act = activation(config.hidden_act)
     dropout_seed = dropout_seed or DropoutSeed(config.seed)
 
     token_in = keras.layers.Input(shape=(None,), dtype="int32", name="Input-Token")

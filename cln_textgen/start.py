@@ -58,29 +58,34 @@ def model_config_for(bert_config, config, num_labels, vocab_size):
     )
 
 
-def start_run(config, source):
-    """Open ``config.run_dir`` for training: resume it or set up a new run."""
+def start_run(config, source, writes=True):
+    """Open ``config.run_dir`` for training: resume it or set up a new run.
+
+    ``writes=False`` (the non-chief workers of a multi-worker run) prepares the
+    same setup without touching the folder, which the chief alone writes.
+    """
     run = RunDir(config.run_dir)
     if run.latest_checkpoint():
-        return _resume(run, config, source)
-    if run.path.exists() and any(run.path.iterdir()) and not run.config.is_file():
+        return _resume(run, config, source, writes)
+    if writes and run.path.exists() and any(run.path.iterdir()) and not run.config.is_file():
         raise UserError(f"{run.path}: run_dir exists and is not a run folder; choose another "
                         "run_dir or empty it")
-    return _new_run(run, config)
+    return _new_run(run, config, writes)
 
 
-def _resume(run, config, source):
+def _resume(run, config, source, writes):
     saved = run.read_config()
     check_resume_compatible(saved, config, run.config, source)
     model_config = ModelConfig.load(run.model_config)
     labels = run.read_labels()
     tokenizer = TextTokenizer(read_vocab(run.vocab), config.model.lower_case)
     train, valid = _load_splits(config, tokenizer, labels)
-    write_text_atomic(run.config, config.to_yaml())  # training fields may have changed
+    if writes:
+        write_text_atomic(run.config, config.to_yaml())  # training fields may have changed
     return RunSetup(run, config, model_config, tokenizer, labels, train, valid, resumed=True)
 
 
-def _new_run(run, config):
+def _new_run(run, config, writes):
     if not config.model.pretrained:
         raise UserError("model.pretrained: not set; point it at a Google or Hugging Face BERT "
                         "directory (in the config file or with --set model.pretrained=DIR)")
@@ -99,6 +104,10 @@ def _new_run(run, config):
         raise UserError(f"data.max_length: {config.data.max_length} is longer than the BERT's "
                         f"{model_config.max_position} positions; lower it")
 
+    setup = RunSetup(run, config, model_config, tokenizer, labels, train, valid, resumed=False,
+                     pretrained=pretrained, keep_tokens=keep_tokens)
+    if not writes:
+        return setup
     created = not run.path.exists()
     try:
         run.path.mkdir(parents=True, exist_ok=True)
@@ -113,8 +122,7 @@ def _new_run(run, config):
         if created:
             shutil.rmtree(run.path, ignore_errors=True)
         raise UserError(f"{run.path}: cannot write the run folder ({e.strerror})") from None
-    return RunSetup(run, config, model_config, tokenizer, labels, train, valid, resumed=False,
-                    pretrained=pretrained, keep_tokens=keep_tokens)
+    return setup
 
 
 def _load_splits(config, tokenizer, labels, examples=None, stats=None):

@@ -4,6 +4,12 @@ Same run folder = resume: when ``run_dir`` holds checkpoints, the latest one
 restores the model, the optimizer, the epoch, the batch position within that
 epoch's (deterministic) order and the dropout random state, so the resumed
 run continues with exactly the batches and masks an unbroken run would use.
+
+Speed options (``train.*``): length-bucketed batches and a token budget per
+batch (:mod:`cln_textgen.batching`), gradient accumulation, XLA and mixed
+precision (:mod:`cln_textgen.train_step`), and tf.distribute
+(:mod:`cln_textgen.distribute`): with ``multi_worker`` only the chief writes
+the run folder.
 """
 
 import dataclasses
@@ -15,13 +21,22 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from cln_textgen import batching
+from cln_textgen import batching, distribute
 from cln_textgen.backend import keras, tf
+from cln_textgen.errors import UserError
 from cln_textgen.generation import GenerationOptions, generate
-from cln_textgen.modeling import DropoutSeed, build_model
-from cln_textgen.runs import write_text_atomic
+from cln_textgen.modeling import build_model
+from cln_textgen.run_log import RunLog
+from cln_textgen.runs import RunDir, write_text_atomic
+from cln_textgen.train_step import TrainStep, precision_policy, token_losses
 
 NO_DECAY = ("gamma", "beta", "bias", "Norm")  # LayerNorm (and CLN) parameters and biases
+# Under XLA every batch shape compiles anew; lengths rounded up to a multiple
+# of this keep the shapes to max_length / 16 values.
+JIT_LENGTH_MULTIPLE = 16
+
+__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "WarmupLinearDecay",
+           "token_losses", "NO_DECAY"]
 
 
 class TrainingDiverged(Exception):
@@ -49,19 +64,6 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "total": self.total, "warmup": self.warmup}
 
 
-def token_losses(logits, tokens, pad_id):
-    """Per-row summed next-token cross-entropy over real tokens, and their counts.
-
-    Position t predicts token t+1; targets that are padding do not count.  The
-    label is the condition, not a token, so the first target is the first
-    text token (predicted from [CLS]) and the last is [SEP].
-    """
-    targets = tokens[:, 1:]
-    mask = tf.cast(tf.not_equal(targets, pad_id), tf.float32)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(logits[:, :-1], tf.float32))
-    return tf.reduce_sum(ce * mask, axis=1), tf.reduce_sum(mask, axis=1)
-
-
 @dataclasses.dataclass
 class EvalResult:
     loss: float
@@ -81,35 +83,54 @@ class Trainer:
         self.run = setup.run
         self.config = setup.config
         self.console = console
-        self.progress = progress
         train = self.config.train
+        # First: a multi-worker strategy must exist before any tensor does.
+        self.strategy = distribute.make_strategy(train.distribute)
+        self.chief = distribute.is_chief(self.strategy)
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.progress = progress and self.chief
         self.pad_id = setup.tokenizer.pad_id
         self.lengths = [len(t) for t in setup.train.encoded.token_ids]
         self.total_steps = self._total_steps()
 
-        self.dropout_seed = DropoutSeed(train.seed)
-        self.model = build_model(setup.model_config, self.dropout_seed)
-        self.schedule = WarmupLinearDecay(train.learning_rate, self.total_steps,
-                                          round(train.warmup_ratio * self.total_steps))
-        self.optimizer = keras.optimizers.AdamW(learning_rate=self.schedule,
-                                                weight_decay=train.weight_decay)
-        self.optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
-        self.optimizer.build(self.model.trainable_variables)  # slots exist before restore
+        with self.strategy.scope():
+            self.dropout_seed = distribute.ReplicaDropoutSeed(train.seed)
+            with precision_policy(train.mixed_precision):
+                self.model = build_model(setup.model_config, self.dropout_seed)
+            self.schedule = WarmupLinearDecay(train.learning_rate, self.total_steps,
+                                              round(train.warmup_ratio * self.total_steps))
+            adamw = keras.optimizers.AdamW(learning_rate=self.schedule,
+                                           weight_decay=train.weight_decay)
+            adamw.exclude_from_weight_decay(var_names=list(NO_DECAY))
+            # The loss scale of mixed_float16 exists in every run, used or not:
+            # checkpoints then have one layout whatever train.mixed_precision
+            # says (it may change on resume), and are restored strictly.
+            self.optimizer = keras.mixed_precision.LossScaleOptimizer(adamw)
+            self.optimizer.build(self.model.trainable_variables)  # slots exist before restore
 
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.batch = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch_in_epoch")
-        self.best = tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best_valid_loss")
-        self.bad_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="evals_without_gain")
-        self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, dropout=self.dropout_seed.variable,
-            epoch=self.epoch, batch=self.batch, best=self.best, bad_evals=self.bad_evals)
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self.batch = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch_in_epoch")
+            self.best = tf.Variable(np.inf, dtype=tf.float64, trainable=False,
+                                    name="best_valid_loss")
+            self.bad_evals = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                         name="evals_without_gain")
+            self.checkpoint = tf.train.Checkpoint(
+                model=self.model, optimizer=self.optimizer, dropout=self.dropout_seed.variable,
+                epoch=self.epoch, batch=self.batch, best=self.best, bad_evals=self.bad_evals)
+        # Every worker saves (a save may need all of them); only the chief's
+        # checkpoints land in the run folder.
+        self._scratch = distribute.scratch_folder(self.strategy)
+        writes = RunDir(self._scratch.name) if self._scratch else self.run
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, str(self.run.checkpoints), max_to_keep=train.keep_checkpoints)
+            self.checkpoint, str(writes.checkpoints), max_to_keep=train.keep_checkpoints)
         self.best_manager = tf.train.CheckpointManager(
-            self.checkpoint, str(self.run.best_checkpoints), max_to_keep=1)
-        self._train_step = self._make_train_step()
+            self.checkpoint, str(writes.best_checkpoints), max_to_keep=1)
+        self._saved_at = None  # the step of the last checkpoint saved or restored
+        self.stepper = None  # the TrainStep, made by the first train_on
+        self._train_step = None
         self._eval_step = self._make_eval_step()
-        self._writer = None
+        self._sampler = None
+        self.run_log = RunLog(self.run, enabled=self.chief)
 
     # ------------------------------------------------------------ setup
 
@@ -118,9 +139,15 @@ class Trainer:
         return batching.epoch_batches(self.lengths, t.batch_size, t.seed, epoch,
                                       t.bucket_by_length, t.batch_tokens)
 
+    def step_groups(self, epoch):
+        """The micro-batches (index arrays) of each optimizer step of ``epoch``;
+        the last step of an epoch takes what is left."""
+        plan, n = self._plan(epoch), self.config.train.accumulate_steps
+        return [plan[b:b + n] for b in range(0, len(plan), n)]
+
     def _total_steps(self):
         t = self.config.train
-        total = sum(len(self._plan(e)) for e in range(t.epochs))
+        total = sum(len(self.step_groups(e)) for e in range(t.epochs))
         return min(total, t.max_steps) if t.max_steps else total
 
     @property
@@ -129,35 +156,47 @@ class Trainer:
 
     def restore_or_warm_start(self):
         """Resume from the latest checkpoint, else load the pretrained weights."""
-        latest = self.manager.latest_checkpoint
+        # The chief's folder on every worker: run_dir must be shared by all.
+        latest = tf.train.latest_checkpoint(str(self.run.checkpoints))
         if latest:
             self.checkpoint.restore(latest).assert_consumed()
-            _truncate_metrics(self.run.metrics, self.step)
-            return latest
-        self.setup.warm_start(self.model)
-        return None
+            self._saved_at = self.step
+            self.run_log.truncate(self.step)
+        else:
+            self.setup.warm_start(self.model)
+        if not distribute.same_on_all_workers(self.strategy, self.step):
+            raise UserError(f"{self.run.checkpoints}: the workers found different checkpoints; "
+                            "run_dir must be one folder that every worker shares")
+        return latest
 
     def _make_train_step(self):
-        clip = self.config.train.clip_norm
-        variables = self.model.trainable_variables
+        """``step(batches, total) -> (loss, total, grad_norm)`` for one optimizer step."""
+        t = self.config.train
+        with self.strategy.scope():
+            self.stepper = TrainStep(self.model, self.optimizer, self.strategy,
+                                     self.dropout_seed, self.pad_id, clip_norm=t.clip_norm,
+                                     accumulate_steps=t.accumulate_steps,
+                                     jit_compile=t.jit_compile,
+                                     loss_scale=t.mixed_precision == "mixed_float16")
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
-                                      tf.TensorSpec([None], tf.int32)])
-        def step(tokens, labels):
-            self.dropout_seed.variable.assign_add([0, 1])
-            with tf.GradientTape() as tape:
-                logits = self.model([tokens, labels], training=True)
-                sums, counts = token_losses(logits, tokens, self.pad_id)
-                loss = tf.reduce_sum(sums) / tf.maximum(tf.reduce_sum(counts), 1.0)
-            grads = tape.gradient(loss, variables)
-            if clip:
-                grads, norm = tf.clip_by_global_norm(grads, clip)
-            else:
-                norm = tf.linalg.global_norm(grads)
-            self.optimizer.apply_gradients(zip(grads, variables))
-            return loss, tf.reduce_sum(counts), norm
+        def run(batches, total):
+            loss, norm = self.stepper(batches, total)
+            return loss, total, norm
 
-        return step
+        return run
+
+    def train_on(self, group):
+        """One optimizer step on ``group`` (index arrays, one per micro-batch) of
+        the train split; returns ``(loss, real tokens, grad_norm)``."""
+        if self._train_step is None:
+            self._train_step = self._make_train_step()
+        encoded = self.setup.train.encoded
+        multiple = JIT_LENGTH_MULTIPLE if self.config.train.jit_compile else 1
+        batches = [batching.pad_batch(encoded.token_ids, encoded.label_ids, indices, self.pad_id,
+                                      length_multiple=multiple, rows_multiple=self.replicas)
+                   for indices in group]
+        total = sum(batching.real_targets(tokens, self.pad_id) for tokens, _ in batches)
+        return self._train_step(batches, total)
 
     def _make_eval_step(self):
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
@@ -199,25 +238,31 @@ class Trainer:
                                     top_k=g.top_k, top_p=g.top_p,
                                     repetition_penalty=g.repetition_penalty,
                                     no_repeat_ngram=g.no_repeat_ngram, seed=t.seed)
-        out = generate(self.model, self.setup.tokenizer, list(range(len(self.setup.labels))),
-                       n=t.samples_per_label, options=options)
+        out = generate(self._sampling_model(), self.setup.tokenizer,
+                       list(range(len(self.setup.labels))), n=t.samples_per_label,
+                       options=options)
         return [{"label": self.setup.labels[s.label_id], "text": s.text} for s in out]
+
+    def _sampling_model(self):
+        """The model itself, or a float32 single-device copy of it when it trains
+        under mixed precision or a strategy: the cached decoder reads the layers'
+        variables and runs float32 on one device."""
+        t = self.config.train
+        if t.mixed_precision == "none" and t.distribute == "none":
+            return self.model
+        if self._sampler is None:
+            self._sampler = build_model(self.setup.model_config)
+        self._sampler.set_weights(self.model.get_weights())
+        return self._sampler
 
     # ------------------------------------------------------------ logging
 
     def log(self, event, **values):
-        record = {"event": event, "step": self.step, "epoch": int(self.epoch.numpy()),
-                  "time": round(time.time(), 3), **values}
-        with open(self.run.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(str(self.run.tensorboard))
-        with self._writer.as_default(step=self.step):
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    tf.summary.scalar(f"{event}/{key}", value)
+        self.run_log.write(event, self.step, int(self.epoch.numpy()), **values)
 
     def say(self, text):
+        if not self.chief:
+            return
         if self.progress:
             tqdm.write(text)
         else:
@@ -227,6 +272,7 @@ class Trainer:
 
     def save(self):
         path = self.manager.save(checkpoint_number=self.step)
+        self._saved_at = self.step
         self.log("checkpoint", path=str(path))
         return path
 
@@ -248,7 +294,7 @@ class Trainer:
                 self.bad_evals.assign_add(1)
                 patience = self.config.train.patience
                 stop = bool(patience and int(self.bad_evals.numpy()) >= patience)
-        samples = self.samples()
+        samples = self.samples() if self.chief else []
         if samples:
             self.run.samples.mkdir(exist_ok=True)
             lines = [json.dumps({**s, "step": self.step, "epoch": int(self.epoch.numpy())},
@@ -273,17 +319,17 @@ class Trainer:
                 epoch = int(self.epoch.numpy())
                 plan = self._plan(epoch)
                 bar.set_description(f"epoch {epoch + 1}/{t.epochs}")
-                for b in range(int(self.batch.numpy()), len(plan)):
+                # One optimizer step per accumulate_steps batches; the last
+                # step of an epoch takes what is left.
+                for b in range(int(self.batch.numpy()), len(plan), t.accumulate_steps):
                     if self._finished_steps():
                         return self._finish("reached train.max_steps")
-                    tokens, labels = batching.pad_batch(self.setup.train.encoded.token_ids,
-                                                        self.setup.train.encoded.label_ids,
-                                                        plan[b], self.pad_id)
-                    loss, count, norm = self._train_step(tokens, labels)
+                    group = plan[b:b + t.accumulate_steps]
+                    loss, count, norm = self.train_on(group)
                     loss = float(loss)
                     if not math.isfinite(loss):
                         raise TrainingDiverged(self._diverged_message(loss))
-                    self.batch.assign(b + 1)
+                    self.batch.assign(b + len(group))
                     window_tokens += int(count)
                     step = self.step
                     bar.update(1)
@@ -295,8 +341,8 @@ class Trainer:
                                  tokens_per_s=speed)
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
                         if not self.progress:
-                            self.console(f"step {step}: loss {loss:.4f}, lr {lr:.2e}, "
-                                         f"{speed:,.0f} tokens/s")
+                            self.say(f"step {step}: loss {loss:.4f}, lr {lr:.2e}, "
+                                     f"{speed:,.0f} tokens/s")
                         window_tokens, window_start = 0, time.perf_counter()
                     if t.save_every_steps and step % t.save_every_steps == 0:
                         self.save()
@@ -323,15 +369,13 @@ class Trainer:
         finally:
             interrupt.restore()
             bar.close()
-            if self._writer is not None:
-                self._writer.flush()
+            self.run_log.flush()
 
     def _finished_steps(self):
         return self.config.train.max_steps and self.step >= self.config.train.max_steps
 
     def _finish(self, status):
-        if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(
-                f"ckpt-{self.step}"):
+        if self._saved_at != self.step:
             self.save()
         return status
 
@@ -373,17 +417,3 @@ class _DeferredInterrupt:
     def restore(self):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def _truncate_metrics(path, step):
-    """Drop events logged after ``step``: the resumed run logs them again."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-    write_text_atomic(path, "".join(line + "\n" for line in kept))

@@ -26,46 +26,49 @@ def run(args):
     config = load_config(args.config, args.overrides)
     source = args.config or "--set"
 
+    from cln_textgen.distribute import chief_by_tf_config
     from cln_textgen.plots import plot_losses
     from cln_textgen.start import start_run
     from cln_textgen.training import Trainer, TrainingDiverged, TrainingInterrupted
 
     started = time.time()
-    setup = start_run(config, source)
+    chief = chief_by_tf_config(config.train.distribute)
+    report = say if chief else (lambda text="": None)  # other workers stay quiet
+    setup = start_run(config, source, writes=chief)
     run_dir = setup.run
-    say(f"run folder: {run_dir.path}")
-    say(setup.train.describe())
+    report(f"run folder: {run_dir.path}")
+    report(setup.train.describe())
     if setup.valid is not None:
-        say(setup.valid.describe())
-    say(f"labels: {', '.join(setup.labels)}")
+        report(setup.valid.describe())
+    report(f"labels: {', '.join(setup.labels)}")
     trainer = Trainer(setup, console=say, progress=not args.no_progress)
     restored = trainer.restore_or_warm_start()
     t = config.train
     if restored:
-        say(f"resuming from {restored}: step {trainer.step}, epoch "
+        report(f"resuming from {restored}: step {trainer.step}, epoch "
             f"{int(trainer.epoch.numpy()) + 1}, batch {int(trainer.batch.numpy())}")
         if int(trainer.epoch.numpy()) >= t.epochs or (t.max_steps and trainer.step >= t.max_steps):
-            say(f"this run is complete ({trainer.step} steps); raise train.epochs or "
-                "train.max_steps to train longer")
+            report(f"this run is complete ({trainer.step} steps); raise train.epochs or "
+                   "train.max_steps to train longer")
             return 0
     else:
-        say(f"new run from {setup.pretrained.directory} ({setup.pretrained.format} format): "
+        report(f"new run from {setup.pretrained.directory} ({setup.pretrained.format} format): "
             f"{setup.model_config.num_hidden_layers} layers x {setup.model_config.hidden_size}, "
             f"{trainer.total_steps} steps planned")
     try:
         status = trainer.fit(stop_at_step=args.stop_at_step)
     except TrainingInterrupted as e:
-        say(str(e))
+        report(str(e))
         return 130
     except TrainingDiverged as e:
         print(f"cln-textgen train: error: {e}", file=sys.stderr)
         return 1
     finally:
-        if run_dir.metrics.is_file():
+        if chief and run_dir.metrics.is_file():
             plot_losses(run_dir.metrics, run_dir.plot, title=str(run_dir.path))
     minutes = (time.time() - started) / 60
     best = float(trainer.best.numpy())
     best_text = f", best valid loss {best:.4f}" if best != float("inf") else ""
-    say(f"{status}: {trainer.step} steps in {minutes:.1f} min{best_text}")
-    say(f"run folder: {run_dir.path} (checkpoints/, metrics.jsonl, samples/, loss.png)")
+    report(f"{status}: {trainer.step} steps in {minutes:.1f} min{best_text}")
+    report(f"run folder: {run_dir.path} (checkpoints/, metrics.jsonl, samples/, loss.png)")
     return 0

@@ -1,0 +1,177 @@
+"""One optimizer step: micro-batches, replicas, XLA and loss scaling.
+
+The step's loss is the mean next-token cross-entropy over every real target
+of its micro-batches (``train.accumulate_steps`` of them) on every replica.
+Each replica divides its summed loss by that global count, counted on the
+host before the step, so the gradients summed over micro-batches (in
+accumulator variables) and over replicas (one all-reduce) are the gradients
+of that mean: N micro-batches on R replicas train like one batch of all
+their rows, to float rounding.
+
+Without XLA the output layer runs only where a target is real: the hidden
+states of those positions are gathered before the tied output projection,
+whose vocabulary-wide matmul and softmax are a large share of a step (the
+last position and the padding predict nothing).  XLA needs static shapes,
+so under it the whole model runs and padding is masked in the loss.
+
+Dropout masks are drawn from the counter ``iterations * N + micro + 1`` (one
+new value per micro-batch), a function of the optimizer's step: a run
+stopped anywhere resumes with the masks an unbroken run would draw.
+"""
+
+import contextlib
+
+from cln_textgen import distribute
+from cln_textgen.backend import keras, tf
+
+_BATCH = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32),
+          tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int64)]
+
+
+def token_losses(logits, tokens, pad_id):
+    """Per-row summed next-token cross-entropy over real tokens, and their counts.
+
+    Position t predicts token t+1; targets that are padding do not count.  The
+    label is the condition, not a token, so the first target is the first
+    text token (predicted from [CLS]) and the last is [SEP].  The softmax and
+    the loss are float32 whatever the model computes in.
+    """
+    targets = tokens[:, 1:]
+    mask = tf.cast(tf.not_equal(targets, pad_id), tf.float32)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(logits[:, :-1], tf.float32))
+    return tf.reduce_sum(ce * mask, axis=1), tf.reduce_sum(mask, axis=1)
+
+
+@contextlib.contextmanager
+def precision_policy(name):
+    """Layers built inside compute in ``name`` (``train.mixed_precision``; their
+    variables stay float32); the global policy is put back after, so models
+    built later (for decoding, say) are float32."""
+    if name == "none":
+        yield
+        return
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+class TrainStep:
+    """``step(batches, total)``: one optimizer step over ``batches`` (a list of
+    ``(tokens, labels)`` micro-batches) whose real targets number ``total``;
+    returns ``(loss, grad_norm)``.  Build it in the strategy's scope.
+
+    ``optimizer`` is a ``LossScaleOptimizer``; with ``loss_scale`` (float16:
+    small gradients would flush to zero) the loss is scaled and a step with a
+    non-finite gradient is skipped while the scale drops; without, its inner
+    optimizer applies the gradients as they are.
+    """
+
+    def __init__(self, model, optimizer, strategy, dropout_seed, pad_id, *, clip_norm=None,
+                 accumulate_steps=1, jit_compile=False, loss_scale=False):
+        self.model = model
+        self.strategy = strategy
+        self.dropout = dropout_seed.variable
+        self.pad_id = pad_id
+        self.clip_norm = clip_norm
+        self.accumulate_steps = accumulate_steps
+        self.variables = model.trainable_variables
+        self.gather = not jit_compile
+        # The model up to the hidden states that feed the output layer, and
+        # that layer (the tied embedding, the bias): the same Keras layers.
+        self.trunk = keras.Model(model.inputs, model.get_layer("MLM-Norm").output)
+        self.head = [lambda x: model.get_layer("Embedding-Token")(x, mode="dense"),
+                     model.get_layer("MLM-Bias"), model.get_layer("MLM-Activation")]
+        self.optimizer = optimizer
+        self.loss_scale = loss_scale
+        self.sums = []
+        if accumulate_steps > 1:
+            # One accumulator per replica (sync on read): each adds its own
+            # micro-batch gradients; the all-reduce at the step sums them.
+            self.sums = [tf.Variable(tf.zeros_like(v), trainable=False,
+                                     synchronization=tf.VariableSynchronization.ON_READ,
+                                     aggregation=tf.VariableAggregation.SUM)
+                         for v in self.variables]
+        # XLA compiles each replica's forward and backward pass; the
+        # all-reduce and the update run outside it, under any strategy.
+        self._gradients = tf.function(self._replica_gradients, jit_compile=jit_compile)
+        self._accumulate = tf.function(self._accumulate_step, input_signature=_BATCH)
+        self._apply = tf.function(self._apply_step, input_signature=_BATCH)
+
+    def __call__(self, batches, total):
+        total = tf.constant(total, tf.float32)
+        losses = [self._accumulate(tokens, labels, total, tf.constant(micro, tf.int64))
+                  for micro, (tokens, labels) in enumerate(batches[:-1])]
+        tokens, labels = batches[-1]
+        last, norm = self._apply(tokens, labels, total, tf.constant(len(batches) - 1, tf.int64))
+        return float(tf.add_n(losses + [last])), float(norm)
+
+    # ------------------------------------------------------------ cross-replica
+
+    def _set_dropout_counter(self, micro):
+        counter = self.optimizer.iterations * self.accumulate_steps + micro + 1
+        self.dropout.assign(tf.stack([self.dropout[0], counter]))
+
+    def _accumulate_step(self, tokens, labels, total, micro):
+        self._set_dropout_counter(micro)
+        loss = self.strategy.run(self._replica_accumulate, args=(tokens, labels, total))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+
+    def _apply_step(self, tokens, labels, total, micro):
+        self._set_dropout_counter(micro)
+        loss, norm = self.strategy.run(self._replica_apply, args=(tokens, labels, total))
+        loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+        # Every replica computed the norm of the same all-reduced gradients.
+        return loss, self.strategy.experimental_local_results(norm)[0]
+
+    # ------------------------------------------------------------ per replica
+
+    def _replica_loss(self, tokens, labels):
+        """Summed cross-entropy over this replica's real targets."""
+        if not self.gather:
+            sums, _ = token_losses(self.model([tokens, labels], training=True), tokens,
+                                   self.pad_id)
+            return tf.reduce_sum(sums)
+        hidden = self.trunk([tokens, labels], training=True)
+        real = tf.not_equal(tokens[:, 1:], self.pad_id)
+        x = tf.boolean_mask(hidden[:, :-1], real)
+        for layer in self.head:
+            x = layer(x)
+        targets = tf.boolean_mask(tokens[:, 1:], real)
+        return tf.reduce_sum(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(x, tf.float32)))
+
+    def _replica_gradients(self, tokens, labels, total):
+        tokens, labels = distribute.split_rows(tokens, labels)
+        with tf.GradientTape() as tape:
+            loss = self._replica_loss(tokens, labels) / total
+            scaled = self.optimizer.get_scaled_loss(loss) if self.loss_scale else loss
+        grads = tape.gradient(scaled, self.variables)
+        return loss, [tf.convert_to_tensor(g) for g in grads]
+
+    def _replica_accumulate(self, tokens, labels, total):
+        loss, grads = self._gradients(tokens, labels, total)
+        for acc, grad in zip(self.sums, grads):
+            acc.assign_add(grad)
+        return loss
+
+    def _replica_apply(self, tokens, labels, total):
+        loss, grads = self._gradients(tokens, labels, total)
+        if self.sums:
+            grads = [grad + acc for grad, acc in zip(grads, self.sums)]
+            for acc in self.sums:
+                acc.assign(tf.zeros_like(acc))
+        replica = tf.distribute.get_replica_context()
+        if replica.num_replicas_in_sync > 1:
+            grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        if self.loss_scale:
+            grads = self.optimizer.get_unscaled_gradients(grads)
+        norm = tf.linalg.global_norm(grads)
+        if self.clip_norm:
+            grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
+        # Already summed over replicas.
+        optimizer = self.optimizer if self.loss_scale else self.optimizer.inner_optimizer
+        optimizer.apply_gradients(zip(grads, self.variables), skip_gradients_aggregation=True)
+        return loss, norm
