@@ -275,6 +275,7 @@ def _fit(model, splits, labels, pad_id, t, say, progress):
     bar = tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True)
     try:
         for epoch in range(t.epochs):
+            bar.set_description(f"classifier epoch {epoch + 1}/{t.epochs}")
             losses = []
             for rows in plan(epoch)[:total - done]:
                 tokens, targets = batching.pad_batch(train.token_ids, train.label_ids, rows,

@@ -132,9 +132,10 @@ def _plot(report, path):
         ax.set_title(names[key].split(" (")[0], fontsize=9)
         ax.set_ylim(bottom=0)  # every figure is >= 0; an all-zero panel stays readable
         ax.grid(axis="y", alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
+    handles, names_ = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names_, loc="upper right", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(f"{report['run']}: generated vs real text, per label", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path)
     plt.close(fig)
 
