@@ -100,18 +100,18 @@ def reference_generate(model, tokenizer, label_ids, n=1, prompt="", options=None
 
 def make_sampler(options):
     """The sampler ``options`` describe: beams > greedy > top-p (after top-k) >
-    top-k > plain random."""
+    top-k > plain random.  The seed is not part of it: pass ``seed=`` when
+    calling the sampler."""
     return _sampler(options.num_beams, options.greedy, options.top_p, options.top_k,
-                    options.temperature, options.repetition_penalty, options.no_repeat_ngram,
-                    options.seed)
+                    options.temperature, options.repetition_penalty, options.no_repeat_ngram)
 
 
-# Cached so that repeated calls with the same options (the trainer's samples at
-# every evaluation) reuse the sampler's traced step instead of tracing again.
+# Cached so that repeated calls with the same options, whatever their seed
+# (the trainer's samples at every evaluation, evaluate's batches), reuse the
+# sampler's traced step instead of tracing and compiling it again.
 @functools.lru_cache(maxsize=16)
-def _sampler(num_beams, greedy, top_p, top_k, temperature, repetition_penalty, no_repeat_ngram,
-             seed):
-    shared = dict(temperature=temperature, seed=seed, repetition_penalty=repetition_penalty,
+def _sampler(num_beams, greedy, top_p, top_k, temperature, repetition_penalty, no_repeat_ngram):
+    shared = dict(temperature=temperature, repetition_penalty=repetition_penalty,
                   no_repeat_ngram=no_repeat_ngram)
     if num_beams > 1:
         return BeamSampler(num_beams, **shared)
@@ -210,6 +210,7 @@ def generate(model, tokenizer, label_ids, n=1, prompt="", options=None, *, promp
         stop_id=tokenizer.sep_id,
         banned_ids=[i for i in tokenizer.special_ids if i != tokenizer.sep_id],
         max_new_tokens=options.max_new_tokens, min_new_tokens=options.min_new_tokens,
-        num_return=n, on_token=_TextStream(tokenizer, row_prefixes, stream) if stream else None)
+        num_return=n, on_token=_TextStream(tokenizer, row_prefixes, stream) if stream else None,
+        seed=options.seed)
     return [Generation(label, text, tokenizer.decode(prefix + ids), ids)
             for (label, text, prefix), ids in zip(rows, generated)]

@@ -104,14 +104,17 @@ class Sampler:
         return self.get_next_token(self.process(logits, history, length, banned), seed)
 
     def __call__(self, decoder, prompts, label_ids, *, stop_id, banned_ids=(),
-                 max_new_tokens=64, min_new_tokens=0, num_return=1, on_token=None):
+                 max_new_tokens=64, min_new_tokens=0, num_return=1, on_token=None, seed=None):
         """Generate from each prompt (a list of ids) with its label.
 
         Returns ``len(prompts) * num_return`` lists of new ids (without the
         stop id), ``num_return`` consecutive ones per prompt.  ``on_token(row,
         id)`` is called with each new id as soon as it is chosen, then once
         with ``id=None`` when that row is done; ``row`` indexes the result.
+        ``seed`` (default: the sampler's own) reaches the compiled step as a
+        tensor, so one sampler serves every seed without tracing again.
         """
+        seed = self.seed if seed is None else int(seed)
         prompts = [list(p) for p in prompts for _ in range(num_return)]
         labels = [label for label in label_ids for _ in range(num_return)]
         if max_new_tokens <= 0:
@@ -123,7 +126,7 @@ class Sampler:
         generated = [[] for _ in prompts]
         for step in range(max_new_tokens):
             args = (tf.constant(history), tf.constant(start + step),
-                    masks[step < min_new_tokens], tf.constant([self.seed, step], tf.int64))
+                    masks[step < min_new_tokens], tf.constant([seed, step], tf.int64))
             if step == 0:
                 chosen = self._choose(logits, *args).numpy()
             else:
@@ -274,7 +277,8 @@ class BeamSampler(Sampler):
         return tf.math.top_k(total, k=2 * self.num_beams)
 
     def __call__(self, decoder, prompts, label_ids, *, stop_id, banned_ids=(),
-                 max_new_tokens=64, min_new_tokens=0, num_return=1, on_token=None):
+                 max_new_tokens=64, min_new_tokens=0, num_return=1, on_token=None, seed=None):
+        del seed  # beam search draws nothing at random
         beams = self.num_beams
         if num_return > beams:
             raise ValueError(f"beam search returns at most num_beams={beams} sequences, "
