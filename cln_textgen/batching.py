@@ -50,6 +50,11 @@ def eval_batches(lengths, batch_size):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def round_up(value, multiple):
+    """The smallest multiple of ``multiple`` that is >= ``value``."""
+    return -(-value // multiple) * multiple
+
+
 def pad_batch(token_ids, label_ids, indices, pad_id=0, length_multiple=1, rows_multiple=1):
     """``(tokens int32 [rows, length], labels int32 [rows])`` for ``indices``.
 
@@ -61,8 +66,8 @@ def pad_batch(token_ids, label_ids, indices, pad_id=0, length_multiple=1, rows_m
     its one real token keeps its attention well defined.
     """
     rows = [token_ids[i] for i in indices]
-    length = -(-max(len(r) for r in rows) // length_multiple) * length_multiple
-    count = -(-len(rows) // rows_multiple) * rows_multiple
+    length = round_up(max(len(r) for r in rows), length_multiple)
+    count = round_up(len(rows), rows_multiple)
     tokens = np.full((count, length), pad_id, dtype=np.int32)
     for row, ids in enumerate(rows):
         tokens[row, :len(ids)] = ids

@@ -36,6 +36,7 @@ from cln_textgen.metrics import label_accuracy
 from cln_textgen.modeling import activation, load_bert_weights
 from cln_textgen.pretrained import open_pretrained
 from cln_textgen.runs import write_text_atomic
+from cln_textgen.start import check_max_length, model_config_for
 from cln_textgen.tokenization import TextTokenizer, read_vocab, write_vocab
 from cln_textgen.training import NO_DECAY, WarmupLinearDecay
 
@@ -130,11 +131,15 @@ def build_classifier(config):
     return keras.Model(encoder.model.input, logits, name="label_classifier")
 
 
-def _logits(model, token_ids, pad_id, batch_size):
-    """Logits of every row, in input order."""
-    predict = tf.function(lambda t: model(t, training=False),
-                          input_signature=[tf.TensorSpec([None, None], tf.int32)])
-    out = np.zeros((len(token_ids), model.output_shape[-1]), np.float32)
+def _predictor(model):
+    """``model``'s inference pass, traced once: build it once per model."""
+    return tf.function(lambda t: model(t, training=False),
+                       input_signature=[tf.TensorSpec([None, None], tf.int32)])
+
+
+def _logits(predict, num_labels, token_ids, pad_id, batch_size):
+    """Logits of every row, in input order; ``predict`` from :func:`_predictor`."""
+    out = np.zeros((len(token_ids), num_labels), np.float32)
     zeros = [0] * len(token_ids)
     for rows in batching.eval_batches([len(t) for t in token_ids], batch_size):
         tokens, _ = batching.pad_batch(token_ids, zeros, rows, pad_id)
@@ -142,8 +147,9 @@ def _logits(model, token_ids, pad_id, batch_size):
     return out
 
 
-def _accuracy(model, split, labels, pad_id, batch_size):
-    predicted = _logits(model, split.encoded.token_ids, pad_id, batch_size).argmax(-1)
+def _accuracy(predict, split, labels, pad_id, batch_size):
+    predicted = _logits(predict, len(labels), split.encoded.token_ids, pad_id,
+                        batch_size).argmax(-1)
     targets = [labels[i] for i in split.encoded.label_ids]
     result = label_accuracy(targets, [labels[i] for i in predicted], labels)
     confusion = {t: {p: 0 for p in labels} for t in labels}
@@ -158,6 +164,7 @@ class Classifier:
     def __init__(self, directory, model, tokenizer, labels, config, report):
         self.directory, self.model, self.tokenizer = directory, model, tokenizer
         self.labels, self.config, self.report = list(labels), config, report
+        self._predict = _predictor(model)
 
     @classmethod
     def load(cls, path):
@@ -174,7 +181,7 @@ class Classifier:
         except (AssertionError, tf.errors.OpError, ValueError) as e:
             raise UserError(f"{folder.weights}: does not fit {folder.model_config} "
                             f"({str(e).splitlines()[0]}); train the classifier again") from None
-        tokenizer = TextTokenizer(read_vocab(folder.vocab), config.lower_case)
+        tokenizer = TextTokenizer.from_file(folder.vocab, config.lower_case)
         return cls(folder.path, model, tokenizer, folder.read_json(folder.labels), config,
                    folder.read_json(folder.report))
 
@@ -183,7 +190,7 @@ class Classifier:
         ids = [self.tokenizer.encode(text, self.config.max_length) for text in texts]
         if not ids:
             return np.zeros((0, len(self.labels)), np.float32)
-        logits = _logits(self.model, ids, self.tokenizer.pad_id, batch_size)
+        logits = _logits(self._predict, len(self.labels), ids, self.tokenizer.pad_id, batch_size)
         e = np.exp(logits - logits.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
@@ -214,24 +221,21 @@ def train_classifier(config, out, say=print, progress=True):
             splits[name] = load_split(name, path, config, tokenizer, labels)
     for split in splits.values():
         say(split.describe())
-    m, t, b = config.model, config.train, pretrained.config
+    t = config.train
+    # The generator's model settings, less what only the conditional LM has.
+    lm = model_config_for(pretrained.config, config, len(labels), len(token_dict))
     model_config = ClassifierConfig(
-        vocab_size=len(token_dict), hidden_size=b["hidden_size"],
-        num_hidden_layers=b["num_hidden_layers"], num_attention_heads=b["num_attention_heads"],
-        intermediate_size=b["intermediate_size"], hidden_act=b["hidden_act"],
-        max_position=b["max_position_embeddings"], layer_norm_eps=b["layer_norm_eps"],
-        num_labels=len(labels), max_length=config.data.max_length, lower_case=m.lower_case,
-        dropout=m.dropout, attention_dropout=m.dropout if m.attention_dropout is None
-        else m.attention_dropout, seed=t.seed)
-    if config.data.max_length > model_config.max_position:
-        raise UserError(f"data.max_length: {config.data.max_length} is longer than the BERT's "
-                        f"{model_config.max_position} positions; lower it")
+        **{f.name: getattr(lm, f.name) for f in dataclasses.fields(ClassifierConfig)
+           if hasattr(lm, f.name)},
+        max_length=config.data.max_length, lower_case=config.model.lower_case)
+    check_max_length(config, model_config.max_position)
 
     tf.random.set_seed(t.seed)  # dropout masks: the same in every fresh process
     model = build_classifier(model_config)
     load_bert_weights(model, pretrained.variables(), str(pretrained.weights_path))
-    epochs, kept = _fit(model, splits, labels, tokenizer.pad_id, t, say, progress)
-    test = _accuracy(model, splits["test"], labels, tokenizer.pad_id, t.batch_size)
+    predict = _predictor(model)
+    epochs, kept = _fit(model, predict, splits, labels, tokenizer.pad_id, t, say, progress)
+    test = _accuracy(predict, splits["test"], labels, tokenizer.pad_id, t.batch_size)
     report = {"labels": labels, "pretrained": str(pretrained.directory),
               "steps": sum(e["steps"] for e in epochs), "epochs": epochs,
               "kept_epoch": kept, "test": test,
@@ -240,7 +244,7 @@ def train_classifier(config, out, say=print, progress=True):
     return report
 
 
-def _fit(model, splits, labels, pad_id, t, say, progress):
+def _fit(model, predict, splits, labels, pad_id, t, say, progress):
     """The training loop.  Leaves the model at the epoch with the best valid
     accuracy (the last epoch without valid data); returns the per-epoch log and
     the epoch kept."""
@@ -290,7 +294,7 @@ def _fit(model, splits, labels, pad_id, t, say, progress):
                      "train_loss": sum(losses) / len(losses)}
             line = f"classifier epoch {epoch + 1}: train loss {entry['train_loss']:.4f}"
             if "valid" in splits:
-                valid = _accuracy(model, splits["valid"], labels, pad_id, t.batch_size)
+                valid = _accuracy(predict, splits["valid"], labels, pad_id, t.batch_size)
                 entry.update(valid_accuracy=valid["micro"], valid_macro_accuracy=valid["macro"])
                 line += f", valid accuracy {valid['micro']:.4f}"
                 if valid["micro"] > best:  # the first of equal epochs stays

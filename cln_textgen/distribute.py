@@ -52,8 +52,12 @@ def chief_by_tf_config(name):
         return True
     _check_tf_config()
     config = json.loads(os.environ["TF_CONFIG"])
-    kind, index = config["task"]["type"], config["task"]["index"]
-    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in config["cluster"])
+    return _chief(config["task"]["type"], config["task"]["index"], config["cluster"])
+
+
+def _chief(task_type, task_id, jobs):
+    """The chief is the task of type ``chief``, or worker 0 when there is none."""
+    return task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in jobs)
 
 
 def is_chief(strategy):
@@ -61,16 +65,13 @@ def is_chief(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or resolver.task_type is None:
         return True
-    if resolver.task_type == "chief":
-        return True
-    jobs = resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in jobs
+    return _chief(resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict())
 
 
-def scratch_folder(strategy):
+def scratch_folder(chief):
     """A temporary folder for a non-chief worker's writes (None on the chief);
     it is removed when the returned object is cleaned up or collected."""
-    if is_chief(strategy):
+    if chief:
         return None
     return tempfile.TemporaryDirectory(prefix="cln-textgen-worker-")
 

@@ -25,17 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from cln_textgen import batching, metrics
-from cln_textgen.backend import tf
+from cln_textgen import metrics
 from cln_textgen.classifier import Classifier, ClassifierDir, default_dir
 from cln_textgen.config import load_config
 from cln_textgen.corpus import load_split
 from cln_textgen.errors import UserError
 from cln_textgen.eval_report import FIGURES, NGRAM, SELF_BLEU_N, write_report
-from cln_textgen.inference import TextGenerator, load_model, resolve_checkpoint
+from cln_textgen.inference import TextGenerator, resolve_checkpoint
 from cln_textgen.runs import open_run
-from cln_textgen.tokenization import TextTokenizer, read_vocab
-from cln_textgen.training import token_losses
+from cln_textgen.train_step import make_scorer
+
 
 @dataclasses.dataclass
 class EvalSettings:
@@ -135,7 +134,7 @@ def evaluate(s, say=print):
 
     say("perplexity" + (" (run and baseline)" if baseline else ""))
     real_splits = [name for name in ("valid", "test") if getattr(config.data, name)]
-    score = _scorer(generator.model, tokenizer.pad_id, s.batch_size)
+    score = make_scorer(generator.model, tokenizer.pad_id, s.batch_size)
     perplexity = {"run": {name: _perplexities(score, split(name).encoded.token_ids,
                                               split(name).encoded.label_ids, labels)
                           for name in real_splits}, "baseline": None}
@@ -229,24 +228,6 @@ def _sample_real(split, tokenizer, labels, n, seed):
     return out
 
 
-def _scorer(model, pad_id, batch_size):
-    """``score(token_ids, label_ids) -> (summed loss, token count)`` per row, in input
-    order; one compiled step per model, whatever the batch shapes."""
-    step = tf.function(lambda t, y: token_losses(model([t, y], training=False), t, pad_id),
-                       input_signature=[tf.TensorSpec([None, None], tf.int32),
-                                        tf.TensorSpec([None], tf.int32)])
-
-    def score(token_ids, label_ids):
-        sums, counts = np.zeros(len(token_ids)), np.zeros(len(token_ids))
-        for rows in batching.eval_batches([len(t) for t in token_ids], batch_size):
-            tokens, labels = batching.pad_batch(token_ids, label_ids, rows, pad_id)
-            row_sums, row_counts = step(tokens, labels)
-            sums[rows], counts[rows] = row_sums.numpy(), row_counts.numpy()
-        return sums, counts
-
-    return score
-
-
 def _perplexities(score, token_ids, label_ids, labels):
     """Token-weighted perplexity per label and over all (``"all"``)."""
     sums, counts = score(token_ids, label_ids)
@@ -263,9 +244,9 @@ def _baseline_perplexities(baseline, s, config, labels, split_names, groups, tab
     """The baseline's perplexity on the real splits (returned) and on the
     generated and real texts of each label (written into ``table``)."""
     base_config = baseline.read_config()
-    model, _, _ = load_model(baseline, s.checkpoint)
-    tokenizer = TextTokenizer(read_vocab(baseline.vocab), base_config.model.lower_case)
-    score = _scorer(model, tokenizer.pad_id, s.batch_size)
+    base = TextGenerator.from_run(baseline.path, s.checkpoint)
+    tokenizer = base.tokenizer
+    score = make_scorer(base.model, tokenizer.pad_id, s.batch_size)
     out = {}
     for name in split_names:  # the run's files, in the baseline's vocabulary
         e = load_split(name, getattr(config.data, name), config, tokenizer, labels).encoded

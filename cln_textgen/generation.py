@@ -32,6 +32,11 @@ class GenerationOptions:
     num_beams: int = 1
     seed: int = 0
 
+    @classmethod
+    def from_config(cls, section, **overrides):
+        """The defaults a run's ``generate:`` section sets, then ``overrides``."""
+        return cls(**{**dataclasses.asdict(section), **overrides})
+
 
 @dataclasses.dataclass
 class Generation:

@@ -16,7 +16,7 @@ from cln_textgen.errors import UserError
 from cln_textgen.generation import GenerationOptions, generate
 from cln_textgen.modeling import ModelConfig, build_model
 from cln_textgen.runs import open_run
-from cln_textgen.tokenization import TextTokenizer, read_vocab
+from cln_textgen.tokenization import TextTokenizer
 
 CHECKPOINT_CHOICES = ("best", "latest")
 
@@ -71,12 +71,8 @@ class TextGenerator:
         run = open_run(run_dir)
         config = run.read_config()
         model, _, path = load_model(run, checkpoint)
-        tokenizer = TextTokenizer(read_vocab(run.vocab), config.model.lower_case)
-        g = config.generate
-        defaults = GenerationOptions(
-            max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
-            top_p=g.top_p, repetition_penalty=g.repetition_penalty,
-            no_repeat_ngram=g.no_repeat_ngram, num_beams=g.num_beams)
+        tokenizer = TextTokenizer.from_file(run.vocab, config.model.lower_case)
+        defaults = GenerationOptions.from_config(config.generate)
         return cls(model, tokenizer, run.read_labels(), defaults, path)
 
     def label_ids(self, label):

@@ -254,13 +254,15 @@ def has_mlm_head(variables):
 
 
 def write_google_checkpoint(variables, prefix):
-    """Write ``{google_name: array}`` as a TF1 checkpoint at ``prefix`` (bert_model.ckpt)."""
+    """Write ``{google_name: array}`` as a TF1 checkpoint at ``prefix`` (bert_model.ckpt),
+    with the TF1 ``Saver`` that made Google's checkpoints; the ``checkpoint`` file
+    names it by a relative path, so the folder can move."""
     from cln_textgen.backend import tf
 
     v1 = tf.compat.v1
     with tf.Graph().as_default():
         tf_vars = [v1.Variable(np.asarray(value), name=name) for name, value in variables.items()]
-        saver = v1.train.Saver(tf_vars)
+        saver = v1.train.Saver(tf_vars, save_relative_paths=True)
         with v1.Session() as session:
             session.run(v1.global_variables_initializer())
             saver.save(session, str(prefix), write_meta_graph=False)

@@ -37,6 +37,12 @@ class RunSetup:
                                  str(self.pretrained.weights_path), self.keep_tokens)
 
 
+def check_max_length(config, max_position):
+    if config.data.max_length > max_position:
+        raise UserError(f"data.max_length: {config.data.max_length} is longer than the BERT's "
+                        f"{max_position} positions; lower it")
+
+
 def model_config_for(bert_config, config, num_labels, vocab_size):
     m = config.model
     return ModelConfig(
@@ -78,7 +84,7 @@ def _resume(run, config, source, writes):
     check_resume_compatible(saved, config, run.config, source)
     model_config = ModelConfig.load(run.model_config)
     labels = run.read_labels()
-    tokenizer = TextTokenizer(read_vocab(run.vocab), config.model.lower_case)
+    tokenizer = TextTokenizer.from_file(run.vocab, config.model.lower_case)
     train, valid = _load_splits(config, tokenizer, labels)
     if writes:
         write_text_atomic(run.config, config.to_yaml())  # training fields may have changed
@@ -100,9 +106,7 @@ def _new_run(run, config, writes):
     examples, stats, labels = read_train_labels(config)
     train, valid = _load_splits(config, tokenizer, labels, examples, stats)
     model_config = model_config_for(pretrained.config, config, len(labels), len(token_dict))
-    if config.data.max_length > model_config.max_position:
-        raise UserError(f"data.max_length: {config.data.max_length} is longer than the BERT's "
-                        f"{model_config.max_position} positions; lower it")
+    check_max_length(config, model_config.max_position)
 
     setup = RunSetup(run, config, model_config, tokenizer, labels, train, valid, resumed=False,
                      pretrained=pretrained, keep_tokens=keep_tokens)

@@ -21,7 +21,9 @@ stopped anywhere resumes with the masks an unbroken run would draw.
 
 import contextlib
 
-from cln_textgen import distribute
+import numpy as np
+
+from cln_textgen import batching, distribute
 from cln_textgen.backend import keras, tf
 
 _BATCH = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32),
@@ -40,6 +42,25 @@ def token_losses(logits, tokens, pad_id):
     mask = tf.cast(tf.not_equal(targets, pad_id), tf.float32)
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(logits[:, :-1], tf.float32))
     return tf.reduce_sum(ce * mask, axis=1), tf.reduce_sum(mask, axis=1)
+
+
+def make_scorer(model, pad_id, batch_size):
+    """``score(token_ids, label_ids) -> (sums, counts)``: each row's summed
+    next-token loss and real-target count (:func:`token_losses`), in input
+    order, without dropout; one traced step per scorer, whatever the batch shapes."""
+    step = tf.function(lambda t, y: token_losses(model([t, y], training=False), t, pad_id),
+                       input_signature=[tf.TensorSpec([None, None], tf.int32),
+                                        tf.TensorSpec([None], tf.int32)])
+
+    def score(token_ids, label_ids):
+        sums, counts = np.zeros(len(token_ids)), np.zeros(len(token_ids))
+        for rows in batching.eval_batches([len(t) for t in token_ids], batch_size):
+            tokens, labels = batching.pad_batch(token_ids, label_ids, rows, pad_id)
+            row_sums, row_counts = step(tokens, labels)
+            sums[rows], counts[rows] = row_sums.numpy(), row_counts.numpy()
+        return sums, counts
+
+    return score
 
 
 @contextlib.contextmanager

@@ -28,15 +28,14 @@ from cln_textgen.generation import GenerationOptions, generate
 from cln_textgen.modeling import build_model
 from cln_textgen.run_log import RunLog
 from cln_textgen.runs import RunDir, write_text_atomic
-from cln_textgen.train_step import TrainStep, precision_policy, token_losses
+from cln_textgen.train_step import TrainStep, make_scorer, precision_policy
 
 NO_DECAY = ("gamma", "beta", "bias", "Norm")  # LayerNorm (and CLN) parameters and biases
 # Under XLA every batch shape compiles anew; lengths rounded up to a multiple
 # of this keep the shapes to max_length / 16 values.
 JIT_LENGTH_MULTIPLE = 16
 
-__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "WarmupLinearDecay",
-           "token_losses", "NO_DECAY"]
+__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "WarmupLinearDecay", "NO_DECAY"]
 
 
 class TrainingDiverged(Exception):
@@ -90,6 +89,7 @@ class Trainer:
         self.replicas = self.strategy.num_replicas_in_sync
         self.progress = progress and self.chief
         self.pad_id = setup.tokenizer.pad_id
+        self.length_multiple = JIT_LENGTH_MULTIPLE if train.jit_compile else 1  # batch lengths
         self.lengths = [len(t) for t in setup.train.encoded.token_ids]
         self.total_steps = self._total_steps()
 
@@ -119,7 +119,7 @@ class Trainer:
                 epoch=self.epoch, batch=self.batch, best=self.best, bad_evals=self.bad_evals)
         # Every worker saves (a save may need all of them); only the chief's
         # checkpoints land in the run folder.
-        self._scratch = distribute.scratch_folder(self.strategy)
+        self._scratch = distribute.scratch_folder(self.chief)
         writes = RunDir(self._scratch.name) if self._scratch else self.run
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, str(writes.checkpoints), max_to_keep=train.keep_checkpoints)
@@ -128,8 +128,7 @@ class Trainer:
         self._saved_at = None  # the step of the last checkpoint saved or restored
         self._evaluated_at = None  # the step of the last evaluation in this process
         self.stepper = None  # the TrainStep, made by the first train_on
-        self._train_step = None
-        self._eval_step = self._make_eval_step()
+        self._score = make_scorer(self.model, self.pad_id, self.config.train.batch_size)
         self._sampler = None
         self.run_log = RunLog(self.run, enabled=self.chief)
 
@@ -158,7 +157,7 @@ class Trainer:
     def restore_or_warm_start(self):
         """Resume from the latest checkpoint, else load the pretrained weights."""
         # The chief's folder on every worker: run_dir must be shared by all.
-        latest = tf.train.latest_checkpoint(str(self.run.checkpoints))
+        latest = self.run.latest_checkpoint()
         if latest:
             self.checkpoint.restore(latest).assert_consumed()
             self._saved_at = self.step
@@ -170,43 +169,27 @@ class Trainer:
                             "run_dir must be one folder that every worker shares")
         return latest
 
-    def _make_train_step(self):
-        """``step(batches, total) -> (loss, total, grad_norm)`` for one optimizer step."""
+    def _make_stepper(self):
         t = self.config.train
         with self.strategy.scope():
-            self.stepper = TrainStep(self.model, self.optimizer, self.strategy,
-                                     self.dropout_seed, self.pad_id, clip_norm=t.clip_norm,
-                                     accumulate_steps=t.accumulate_steps,
-                                     jit_compile=t.jit_compile,
-                                     loss_scale=t.mixed_precision == "mixed_float16")
-
-        def run(batches, total):
-            loss, norm = self.stepper(batches, total)
-            return loss, total, norm
-
-        return run
+            return TrainStep(self.model, self.optimizer, self.strategy, self.dropout_seed,
+                             self.pad_id, clip_norm=t.clip_norm,
+                             accumulate_steps=t.accumulate_steps, jit_compile=t.jit_compile,
+                             loss_scale=t.mixed_precision == "mixed_float16")
 
     def train_on(self, group):
         """One optimizer step on ``group`` (index arrays, one per micro-batch) of
         the train split; returns ``(loss, real tokens, grad_norm)``."""
-        if self._train_step is None:
-            self._train_step = self._make_train_step()
+        if self.stepper is None:
+            self.stepper = self._make_stepper()
         encoded = self.setup.train.encoded
-        multiple = JIT_LENGTH_MULTIPLE if self.config.train.jit_compile else 1
         batches = [batching.pad_batch(encoded.token_ids, encoded.label_ids, indices, self.pad_id,
-                                      length_multiple=multiple, rows_multiple=self.replicas)
+                                      length_multiple=self.length_multiple,
+                                      rows_multiple=self.replicas)
                    for indices in group]
         total = sum(batching.real_targets(tokens, self.pad_id) for tokens, _ in batches)
-        return self._train_step(batches, total)
-
-    def _make_eval_step(self):
-        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
-                                      tf.TensorSpec([None], tf.int32)])
-        def step(tokens, labels):
-            logits = self.model([tokens, labels], training=False)
-            return token_losses(logits, tokens, self.pad_id)
-
-        return step
+        loss, norm = self.stepper(batches, total)
+        return loss, total, norm
 
     # ------------------------------------------------------------ evaluation
 
@@ -214,15 +197,10 @@ class Trainer:
         """Token-weighted loss and perplexity over ``split``, in all and per label."""
         encoded = split.encoded
         labels = self.setup.labels
-        sums = np.zeros(len(labels))
-        counts = np.zeros(len(labels))
-        lengths = [len(t) for t in encoded.token_ids]
-        for indices in batching.eval_batches(lengths, self.config.train.batch_size):
-            tokens, label_ids = batching.pad_batch(encoded.token_ids, encoded.label_ids,
-                                                   indices, self.pad_id)
-            row_sums, row_counts = self._eval_step(tokens, label_ids)
-            np.add.at(sums, label_ids, row_sums.numpy())
-            np.add.at(counts, label_ids, row_counts.numpy())
+        row_sums, row_counts = self._score(encoded.token_ids, encoded.label_ids)
+        sums, counts = np.zeros(len(labels)), np.zeros(len(labels))
+        np.add.at(sums, encoded.label_ids, row_sums)
+        np.add.at(counts, encoded.label_ids, row_counts)
         per_label = {}
         for i, label in enumerate(labels):
             if counts[i]:
@@ -235,10 +213,8 @@ class Trainer:
         t, g = self.config.train, self.config.generate
         if not t.samples_per_label:
             return []
-        options = GenerationOptions(max_new_tokens=g.max_new_tokens, temperature=g.temperature,
-                                    top_k=g.top_k, top_p=g.top_p,
-                                    repetition_penalty=g.repetition_penalty,
-                                    no_repeat_ngram=g.no_repeat_ngram, seed=t.seed)
+        # Always sampled, never beam-searched: samples_per_label may exceed num_beams.
+        options = GenerationOptions.from_config(g, num_beams=1, seed=t.seed)
         out = generate(self._sampling_model(), self.setup.tokenizer,
                        list(range(len(self.setup.labels))), n=t.samples_per_label,
                        options=options)
@@ -319,21 +295,21 @@ class Trainer:
         try:
             while int(self.epoch.numpy()) < t.epochs:
                 epoch = int(self.epoch.numpy())
-                plan = self._plan(epoch)
                 bar.set_description(f"epoch {epoch + 1}/{t.epochs}")
-                # One optimizer step per accumulate_steps batches; the last
-                # step of an epoch takes what is left.
-                for b in range(int(self.batch.numpy()), len(plan), t.accumulate_steps):
+                # self.batch counts the batches of this epoch already trained:
+                # whole steps, or all of them once the epoch's last step is done.
+                b = int(self.batch.numpy())
+                for group in self.step_groups(epoch)[math.ceil(b / t.accumulate_steps):]:
                     if self._finished_steps():
                         if self._evaluated_at != self.step:
                             self._evaluate_and_report(f"step {self.step}")
                         return self._finish("reached train.max_steps")
-                    group = plan[b:b + t.accumulate_steps]
                     loss, count, norm = self.train_on(group)
                     loss = float(loss)
                     if not math.isfinite(loss):
                         raise TrainingDiverged(self._diverged_message(loss))
-                    self.batch.assign(b + len(group))
+                    b += len(group)
+                    self.batch.assign(b)
                     window_tokens += int(count)
                     step = self.step
                     bar.update(1)

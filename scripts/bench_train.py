@@ -50,7 +50,6 @@ DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "sentiment-zh" / "train.tsv
 DEFAULT_BERT = REPO / "data" / "pretrained" / "zh-mini-bert"
 MINILM = dict(vocab_size=21128, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
               intermediate_size=1536)
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 VARIANTS = ("anchor", "plain", "bucketed", "tokens", "accumulate", "jit", "bf16")
 
 
@@ -67,7 +66,7 @@ def model_sizes(bert):
 def prepare(args, directory):
     """Encode the data once for every worker; returns the spec they share."""
     from cln_textgen.data import build_label_vocab, encode_examples, read_examples
-    from cln_textgen.tokenization import TextTokenizer, read_vocab
+    from cln_textgen.tokenization import SPECIAL_TOKENS, TextTokenizer, read_vocab
 
     sizes, vocab_path = model_sizes(args.bert)
     examples, _ = read_examples(args.data)
@@ -76,7 +75,7 @@ def prepare(args, directory):
         token_dict = read_vocab(vocab_path)
     else:  # the data's characters, then filler tokens up to the vocabulary size
         chars = sorted({c for e in examples for c in e.text.lower() if not c.isspace()})
-        tokens = SPECIALS + chars[:sizes["vocab_size"] - len(SPECIALS)]
+        tokens = list(SPECIAL_TOKENS) + chars[:sizes["vocab_size"] - len(SPECIAL_TOKENS)]
         tokens += [f"[unused{i}]" for i in range(sizes["vocab_size"] - len(tokens))]
         token_dict = {t: i for i, t in enumerate(tokens)}
     labels = build_label_vocab(examples)
@@ -145,6 +144,7 @@ def reply(kind, **values):
 
 def trainer_setup(variant, spec):
     """Our Trainer on the spec's data; returns (run, groups, shapes)."""
+    from cln_textgen import batching
     from cln_textgen.config import Config
     from cln_textgen.corpus import Split
     from cln_textgen.data import EncodedSet
@@ -152,7 +152,7 @@ def trainer_setup(variant, spec):
     from cln_textgen.runs import RunDir
     from cln_textgen.start import RunSetup
     from cln_textgen.tokenization import TextTokenizer
-    from cln_textgen.training import JIT_LENGTH_MULTIPLE, Trainer
+    from cln_textgen.training import Trainer
 
     rows = spec["batch_size"]
     lengths = [len(t) for t in spec["token_ids"]]
@@ -175,7 +175,6 @@ def trainer_setup(variant, spec):
                      TextTokenizer(spec["token_dict"]), spec["labels"],
                      Split("train", spec["source"], encoded, len(encoded), 0), None, False)
     trainer = Trainer(setup, progress=False)
-    multiple = JIT_LENGTH_MULTIPLE if t.jit_compile else 1
 
     def run(groups):
         times = []
@@ -186,7 +185,8 @@ def trainer_setup(variant, spec):
         return times
 
     def shapes(group):
-        return tuple((len(b), -(-max(lengths[i] for i in b) // multiple) * multiple)
+        return tuple((len(b), batching.round_up(max(lengths[i] for i in b),
+                                                trainer.length_multiple))
                      for b in group)
 
     return run, trainer.step_groups(0), shapes

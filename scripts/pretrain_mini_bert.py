@@ -331,27 +331,11 @@ class MaskedLM:
         return x, tf.gather_nd(labels, positions)
 
 
-def warmup_linear_decay(peak, total_steps, warmup_steps):
-    """Learning rate rising linearly to ``peak`` over the warm-up, then to 0 at the end."""
-    from cln_textgen.backend import keras, tf
-
-    class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-        def __call__(self, step):
-            step = tf.cast(step, tf.float32)
-            warm = step / max(warmup_steps, 1)
-            decay = (total_steps - step) / max(total_steps - warmup_steps, 1)
-            return peak * tf.maximum(tf.minimum(warm, decay), 0.0)
-
-        def get_config(self):
-            return {"peak": peak, "total_steps": total_steps, "warmup_steps": warmup_steps}
-
-    return WarmupLinearDecay()
-
-
 def make_optimizer(args):
     from cln_textgen.backend import keras
+    from cln_textgen.training import WarmupLinearDecay
 
-    schedule = warmup_linear_decay(args.lr, args.steps, round(args.steps * args.warmup))
+    schedule = WarmupLinearDecay(args.lr, args.steps, round(args.steps * args.warmup))
     optimizer = keras.optimizers.AdamW(
         learning_rate=schedule,
         weight_decay=WEIGHT_DECAY,
@@ -491,23 +475,18 @@ def save_google_checkpoint(transformer, prefix):
 
     bert4keras's ``save_weights_as_checkpoint`` reads the weights inside a
     fresh TF1 graph, which fails on TF 2.x eager variables ("The Session
-    graph is empty"), so the values are read eagerly and written with the
-    TF1 ``Saver`` that made Google's checkpoints, under the same mapping
-    bert4keras loads from.
+    graph is empty"), so the values are read eagerly and written by
+    :func:`cln_textgen.pretrained.write_google_checkpoint`, under the same
+    mapping bert4keras loads from.
     """
-    from cln_textgen.backend import tf
+    from cln_textgen.pretrained import write_google_checkpoint
 
     values = {}
     for layer_name, names in transformer.variable_mapping().items():
         if layer_name in transformer.layers:
             weights = transformer.layers[layer_name].trainable_weights
             values.update(zip(names, (w.numpy() for w in weights)))
-    with tf.Graph().as_default():
-        variables = [tf.compat.v1.Variable(value, name=name) for name, value in values.items()]
-        saver = tf.compat.v1.train.Saver(variables, save_relative_paths=True)
-        with tf.compat.v1.Session() as session:
-            session.run(tf.compat.v1.variables_initializer(variables))
-            saver.save(session, str(prefix), write_meta_graph=False)
+    write_google_checkpoint(values, prefix)
     return sorted(values)
 
 

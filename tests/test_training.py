@@ -138,21 +138,16 @@ def test_raising_epochs_trains_longer(tmp_path):
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
-    from cln_textgen import training
+    from cln_textgen import train_step
 
     config = write_tiny_task(tmp_path / "task")
-    original = training.Trainer._make_train_step
+    original = train_step.TrainStep.__call__
 
-    def poisoned(self):
-        step = original(self)
+    def poisoned(self, batches, total):
+        loss, norm = original(self, batches, total)
+        return (loss * np.nan if int(self.optimizer.iterations.numpy()) >= 7 else loss), norm
 
-        def wrapped(tokens, labels):
-            loss, count, norm = step(tokens, labels)
-            return (loss * np.nan if self.step >= 7 else loss), count, norm
-
-        return wrapped
-
-    monkeypatch.setattr(training.Trainer, "_make_train_step", poisoned)
+    monkeypatch.setattr(train_step.TrainStep, "__call__", poisoned)
     assert main(["train", "--config", str(config), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "loss became nan at step 7" in err and "ckpt-5" in err

@@ -60,8 +60,8 @@ def run(args):
 
     generator = TextGenerator.from_run(args.run, args.checkpoint)
     if args.stream:
-        labels = [name for name in generator.labels for _ in range(args.n)
-                  if args.label in ("all", name)]
+        labels = [generator.labels[i] for i in generator.label_ids(args.label)
+                  for _ in range(args.n)]
         printer = OrderedStream(labels, args.prompt)
         generator.generate(args.label, n=args.n, prompt=args.prompt, stream=printer, **options)
         return 0

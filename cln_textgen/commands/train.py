@@ -46,15 +46,15 @@ def run(args):
     t = config.train
     if restored:
         report(f"resuming from {restored}: step {trainer.step}, epoch "
-            f"{int(trainer.epoch.numpy()) + 1}, batch {int(trainer.batch.numpy())}")
+               f"{int(trainer.epoch.numpy()) + 1}, batch {int(trainer.batch.numpy())}")
         if int(trainer.epoch.numpy()) >= t.epochs or (t.max_steps and trainer.step >= t.max_steps):
             report(f"this run is complete ({trainer.step} steps); raise train.epochs or "
                    "train.max_steps to train longer")
             return 0
     else:
         report(f"new run from {setup.pretrained.directory} ({setup.pretrained.format} format): "
-            f"{setup.model_config.num_hidden_layers} layers x {setup.model_config.hidden_size}, "
-            f"{trainer.total_steps} steps planned")
+               f"{setup.model_config.num_hidden_layers} layers x {setup.model_config.hidden_size}, "
+               f"{trainer.total_steps} steps planned")
     try:
         status = trainer.fit(stop_at_step=args.stop_at_step)
     except TrainingInterrupted as e:
