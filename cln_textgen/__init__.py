@@ -6,10 +6,10 @@ Importing the package is cheap; TensorFlow loads on first use of a name below.
 __version__ = "0.1.0"
 
 _LAZY = {
-    "ConditionalLayerNormalization": "cln_textgen.layers",
-    "ModelConfig": "cln_textgen.modeling",
-    "build_model": "cln_textgen.modeling",
-    "TextGenerator": "cln_textgen.inference",
+    "ConditionalLayerNormalization": "cln_textgen.model.layers",
+    "ModelConfig": "cln_textgen.model.modeling",
+    "build_model": "cln_textgen.model.modeling",
+    "TextGenerator": "cln_textgen.generation.generator",
     "Config": "cln_textgen.config",
     "load_config": "cln_textgen.config",
     "UserError": "cln_textgen.errors",

@@ -9,7 +9,7 @@ special tokens and [SEP] banned, so every row generates the full length.
   conditional-LM example drives it: ``predict`` runs the Keras model on the
   whole prefix at every step (``model.predict`` on ``last_token(model)``) and
   one call decodes one label.
-* ours: ``cln_textgen.generation.generate`` (all labels in one batch), with
+* ours: ``cln_textgen.generation.texts.generate`` (all labels in one batch), with
   the step compiled by XLA and, to show why XLA is the default, without.
 
 Each setting runs in a worker process of its own that builds the model once,
@@ -42,8 +42,8 @@ METHODS = ("bert4keras", "ours", "ours-no-xla")
 def build(vocab_size, num_labels):
     import numpy as np
 
-    from cln_textgen.modeling import ModelConfig, build_model
-    from cln_textgen.tokenization import TextTokenizer
+    from cln_textgen.model.modeling import ModelConfig, build_model
+    from cln_textgen.model.tokenization import TextTokenizer
 
     config = ModelConfig(vocab_size=vocab_size, hidden_size=384, num_hidden_layers=6,
                          num_attention_heads=12, intermediate_size=1536, num_labels=num_labels,
@@ -91,8 +91,8 @@ def bert4keras_runner(model, tokenizer, top_k):
 
 
 def ours_runner(model, tokenizer, top_k, jit_compile):
-    from cln_textgen import generation
-    from cln_textgen.decoding import CachedDecoder
+    from cln_textgen.generation import texts as generation
+    from cln_textgen.generation.decoder import CachedDecoder
 
     decoder = CachedDecoder(model, jit_compile=jit_compile)
 

@@ -65,8 +65,8 @@ def model_sizes(bert):
 
 def prepare(args, directory):
     """Encode the data once for every worker; returns the spec they share."""
-    from cln_textgen.data import build_label_vocab, encode_examples, read_examples
-    from cln_textgen.tokenization import SPECIAL_TOKENS, TextTokenizer, read_vocab
+    from cln_textgen.data.examples import build_label_vocab, encode_examples, read_examples
+    from cln_textgen.model.tokenization import SPECIAL_TOKENS, TextTokenizer, read_vocab
 
     sizes, vocab_path = model_sizes(args.bert)
     examples, _ = read_examples(args.data)
@@ -144,15 +144,15 @@ def reply(kind, **values):
 
 def trainer_setup(variant, spec):
     """Our Trainer on the spec's data; returns (run, groups, shapes)."""
-    from cln_textgen import batching
+    from cln_textgen.data import batching
     from cln_textgen.config import Config
-    from cln_textgen.corpus import Split
-    from cln_textgen.data import EncodedSet
-    from cln_textgen.modeling import ModelConfig
-    from cln_textgen.runs import RunDir
-    from cln_textgen.start import RunSetup
-    from cln_textgen.tokenization import TextTokenizer
-    from cln_textgen.training import Trainer
+    from cln_textgen.data.corpus import Split
+    from cln_textgen.data.examples import EncodedSet
+    from cln_textgen.model.modeling import ModelConfig
+    from cln_textgen.runs.folder import RunDir
+    from cln_textgen.training.start import RunSetup
+    from cln_textgen.model.tokenization import TextTokenizer
+    from cln_textgen.training.trainer import Trainer
 
     rows = spec["batch_size"]
     lengths = [len(t) for t in spec["token_ids"]]
@@ -196,7 +196,7 @@ def anchor_setup(variant, spec):
     """bert4keras's conditional LM trained by ``fit``; returns (run, groups, shapes)."""
     import numpy as np
 
-    from cln_textgen import batching
+    from cln_textgen.data import batching
     from cln_textgen.backend import bert4keras, keras, tf
 
     sizes = spec["sizes"]

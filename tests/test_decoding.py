@@ -7,12 +7,12 @@ import pytest
 
 import bert_fixtures as bf
 from cln_textgen.backend import keras
-from cln_textgen.decoding import CachedDecoder, left_pad
+from cln_textgen.generation.decoder import CachedDecoder, left_pad
 from cln_textgen.errors import UserError
-from cln_textgen.generation import GenerationOptions, generate, reference_generate
-from cln_textgen.modeling import ModelConfig, build_model
-from cln_textgen.sampling import BeamSampler, GreedySampler
-from cln_textgen.tokenization import TextTokenizer
+from cln_textgen.generation.texts import GenerationOptions, generate, reference_generate
+from cln_textgen.model.modeling import ModelConfig, build_model
+from cln_textgen.generation.samplers import BeamSampler, GreedySampler
+from cln_textgen.model.tokenization import TextTokenizer
 
 TOKENIZER = TextTokenizer({token: i for i, token in enumerate(bf.vocab_tokens(40))})
 

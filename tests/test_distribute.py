@@ -31,8 +31,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import numpy as np
 from cln_textgen.cli import main
 from cln_textgen.config import load_config
-from cln_textgen.start import start_run
-from cln_textgen.training import Trainer
+from cln_textgen.training.start import start_run
+from cln_textgen.training.trainer import Trainer
 
 config, tmp = sys.argv[1:3]
 out = {{}}
@@ -65,8 +65,8 @@ import sys
 sys.path[:0] = [{repo!r}, {tests!r}]
 import numpy as np
 from cln_textgen.config import load_config
-from cln_textgen.start import start_run
-from cln_textgen.training import Trainer
+from cln_textgen.training.start import start_run
+from cln_textgen.training.trainer import Trainer
 
 config, run_dir, steps, out = sys.argv[1:5]
 sets = [f"run_dir={{run_dir}}", "train.distribute=multi_worker", f"train.max_steps={{steps}}",
@@ -137,7 +137,7 @@ def run_workers(tmp_path, config, run, steps, tag):
 @pytest.mark.slow
 def test_multi_worker_two_local_processes_agree_and_resume(tmp_path):
     from cln_textgen.backend import tf
-    from cln_textgen.modeling import ModelConfig, build_model
+    from cln_textgen.model.modeling import ModelConfig, build_model
 
     config = write_tiny_task(tmp_path / "task", train_lines=48, valid_lines=8)
     run = tmp_path / "run"

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import write_tiny_task
 from cln_textgen.cli import main
-from cln_textgen.runs import RunDir
+from cln_textgen.runs.folder import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_perplexity_matches_the_trainers_evaluation(evaluated):
 
 @pytest.mark.slow
 def test_label_accuracy_is_the_classifiers_verdict(evaluated):
-    from cln_textgen.classifier import Classifier
+    from cln_textgen.evaluation.classifier import Classifier
 
     _, _, judge_dir, folder = evaluated
     report = json.loads((folder / "report.json").read_text(encoding="utf-8"))

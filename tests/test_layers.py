@@ -3,7 +3,7 @@ import pytest
 
 from cln_textgen import ConditionalLayerNormalization
 from cln_textgen.backend import keras, tf
-from cln_textgen.layers import SeededTruncatedNormal
+from cln_textgen.model.layers import SeededTruncatedNormal
 
 
 def reference(x, cond, gamma, beta, eps, hidden=None, gamma_w=None, beta_w=None):

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from cln_textgen import metrics
+from cln_textgen.evaluation import metrics
 
 
 def u(text):

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from cln_textgen.backend import bert4keras, keras
-from cln_textgen.layers import ConditionalLayerNormalization
-from cln_textgen.modeling import ModelConfig, build_model, conditional_layers, load_bert_weights
-from cln_textgen.pretrained import open_pretrained
-from cln_textgen.start import model_config_for
+from cln_textgen.model.layers import ConditionalLayerNormalization
+from cln_textgen.model.modeling import ModelConfig, build_model, conditional_layers, load_bert_weights
+from cln_textgen.model.pretrained import open_pretrained
+from cln_textgen.training.start import model_config_for
 from cln_textgen.config import Config
 
 TOKENS = np.array([[2, 5, 6, 7, 8, 9, 3], [2, 10, 11, 3, 0, 0, 0]], dtype=np.int32)
@@ -132,7 +132,7 @@ def test_model_config_from_pretrained_and_run_config(tiny_google_bert):
 
 def test_dropout_masks_follow_the_seed_counter():
     config = tiny_config(dropout=0.5, attention_dropout=0.5)
-    from cln_textgen.modeling import DropoutSeed
+    from cln_textgen.model.modeling import DropoutSeed
 
     seed = DropoutSeed(3)
     model = build_model(config, seed)

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from cln_textgen import prepare
+from cln_textgen.data import prepare
 from cln_textgen.cli import main
 from cln_textgen.errors import UserError
 

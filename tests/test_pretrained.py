@@ -7,11 +7,11 @@ import pytest
 
 import bert_fixtures as bf
 from cln_textgen.errors import UserError
-from cln_textgen.modeling import build_model, load_bert_weights
-from cln_textgen.pretrained import open_pretrained
-from cln_textgen.start import model_config_for
+from cln_textgen.model.modeling import build_model, load_bert_weights
+from cln_textgen.model.pretrained import open_pretrained
+from cln_textgen.training.start import model_config_for
 from cln_textgen.config import Config
-from cln_textgen.tokenization import TextTokenizer, read_vocab, simplify_vocab
+from cln_textgen.model.tokenization import TextTokenizer, read_vocab, simplify_vocab
 
 TOKENS = np.array([[2, 5, 6, 7, 8, 9, 10, 3]], dtype=np.int32)
 

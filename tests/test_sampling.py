@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from cln_textgen.backend import tf
-from cln_textgen.generation import GenerationOptions, _filter_logits
-from cln_textgen.sampling import (BeamSampler, GreedySampler, RandomSampler, Sampler, TopKSampler,
+from cln_textgen.generation.texts import GenerationOptions, _filter_logits
+from cln_textgen.generation.samplers import (BeamSampler, GreedySampler, RandomSampler, Sampler, TopKSampler,
                                   TopPSampler, apply_repetition_penalty, ban_repeated_ngrams)
 
 NEG = -np.inf

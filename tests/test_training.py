@@ -112,7 +112,7 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path):
     assert max(e["step"] for e in events(run, "train")) == 30
     steps = [e["step"] for e in events(run, "train")]
     assert steps == sorted(set(steps))  # nothing logged twice after the resume
-    from cln_textgen.inference import TextGenerator
+    from cln_textgen.generation.generator import TextGenerator
 
     generator = TextGenerator.from_run(run, "latest")
     assert generator.checkpoint.endswith("ckpt-30")
@@ -138,7 +138,7 @@ def test_raising_epochs_trains_longer(tmp_path):
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
-    from cln_textgen import train_step
+    from cln_textgen.training import step as train_step
 
     config = write_tiny_task(tmp_path / "task")
     original = train_step.TrainStep.__call__
@@ -156,7 +156,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, capsys, monkeypa
 
 
 def test_early_stopping_keeps_the_best(tmp_path, capsys, monkeypatch):
-    from cln_textgen import training
+    from cln_textgen.training import trainer as training
 
     config = write_tiny_task(tmp_path / "task", train_lines=48)
     losses = iter([2.0, 2.5, 3.0, 3.5])

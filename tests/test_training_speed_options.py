@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import write_tiny_task
-from cln_textgen import batching
+from cln_textgen.data import batching
 from cln_textgen.cli import main
 
 
 def tiny_model(dropout=0.0):
-    from cln_textgen.modeling import ModelConfig, build_model, conditional_layers
+    from cln_textgen.model.modeling import ModelConfig, build_model, conditional_layers
 
     config = ModelConfig(vocab_size=20, hidden_size=16, num_hidden_layers=2,
                          num_attention_heads=2, intermediate_size=32, label_embedding_size=8,
@@ -34,8 +34,8 @@ def rows(lengths, seed=0):
 def one_step(model, batches, accumulate_steps=1, jit_compile=False):
     """One SGD step (plain: Adam would magnify float noise in tiny gradients)."""
     from cln_textgen.backend import keras, tf
-    from cln_textgen.modeling import DropoutSeed
-    from cln_textgen.train_step import TrainStep
+    from cln_textgen.model.modeling import DropoutSeed
+    from cln_textgen.training.step import TrainStep
 
     optimizer = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.SGD(learning_rate=0.5))
     step = TrainStep(model, optimizer, tf.distribute.get_strategy(), DropoutSeed(0), 0,
@@ -94,8 +94,8 @@ def test_xla_step_equals_the_gathered_step():
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_keeps_norms_and_logits_float32(policy):
     from cln_textgen.backend import keras, tf
-    from cln_textgen.modeling import conditional_layers
-    from cln_textgen.train_step import precision_policy
+    from cln_textgen.model.modeling import conditional_layers
+    from cln_textgen.training.step import precision_policy
 
     with precision_policy(policy):
         model = tiny_model()
@@ -114,8 +114,8 @@ def test_mixed_precision_keeps_norms_and_logits_float32(policy):
 
 def trainer_for(config, run_dir, *sets):
     from cln_textgen.config import load_config
-    from cln_textgen.start import start_run
-    from cln_textgen.training import Trainer
+    from cln_textgen.training.start import start_run
+    from cln_textgen.training.trainer import Trainer
 
     overrides = [f"run_dir={run_dir}", "train.samples_per_label=0", *sets]
     trainer = Trainer(start_run(load_config(config, overrides), "test"), progress=False)

@@ -37,7 +37,7 @@ def run_train(args):
         raise UserError("--config: give the run's YAML config, e.g. --config runs/demo/config.yaml")
     config = load_config(args.config, args.overrides)
 
-    from cln_textgen.classifier import default_dir, train_classifier
+    from cln_textgen.evaluation.classifier import default_dir, train_classifier
 
     out = args.out or default_dir(config.run_dir)
     say(f"classifier folder: {out}")

@@ -57,8 +57,8 @@ def run(args):
         if not ok(value):
             raise UserError(f"--{key.replace('_', '-')}: {rule}, got {value}")
 
-    from cln_textgen.eval_report import summary_lines
-    from cln_textgen.evaluation import EvalSettings, evaluate
+    from cln_textgen.evaluation.report import summary_lines
+    from cln_textgen.evaluation.evaluate import EvalSettings, evaluate
 
     settings = EvalSettings(
         run=args.run, classifier=args.classifier, baseline_run=args.baseline_run, n=args.n,

@@ -56,7 +56,7 @@ def run(args):
         raise UserError("--stream: prints readable text to the terminal; drop --format jsonl "
                         "and --output, or drop --stream")
 
-    from cln_textgen.inference import TextGenerator
+    from cln_textgen.generation.generator import TextGenerator
 
     generator = TextGenerator.from_run(args.run, args.checkpoint)
     if args.stream:

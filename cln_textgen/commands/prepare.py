@@ -19,7 +19,7 @@ def register(sub):
 
 
 def run(args):
-    from cln_textgen import prepare
+    from cln_textgen.data import prepare
     from cln_textgen.errors import UserError
 
     fractions = dict(valid_fraction=args.valid_fraction, test_fraction=args.test_fraction)
@@ -31,7 +31,7 @@ def run(args):
         if not args.file:
             raise UserError(f"prepare {args.source}: give the input file, e.g. "
                             f"cln-textgen prepare {args.source} reviews.{args.source} --out data/mine")
-        from cln_textgen.data import read_examples
+        from cln_textgen.data.examples import read_examples
 
         examples, _ = read_examples(args.file, args.source)
         summary = prepare.prepare_examples(

@@ -26,10 +26,10 @@ def run(args):
     config = load_config(args.config, args.overrides)
     source = args.config or "--set"
 
-    from cln_textgen.distribute import chief_by_tf_config
-    from cln_textgen.plots import plot_losses
-    from cln_textgen.start import start_run
-    from cln_textgen.training import Trainer, TrainingDiverged, TrainingInterrupted
+    from cln_textgen.training.distribute import chief_by_tf_config
+    from cln_textgen.training.plots import plot_losses
+    from cln_textgen.training.start import start_run
+    from cln_textgen.training.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
     started = time.time()
     chief = chief_by_tf_config(config.train.distribute)

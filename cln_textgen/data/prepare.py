@@ -146,7 +146,7 @@ Licence: {licence}
 
 ## How it was made
 
-Made by `cln_textgen.prepare.prepare_examples` from {summary["read"]} input examples:
+Made by `cln_textgen.data.prepare.prepare_examples` from {summary["read"]} input examples:
 
 1. Whitespace inside each text and label (tabs, newlines, runs of spaces) was
    made a single space and the ends stripped. Dropped for an empty text or

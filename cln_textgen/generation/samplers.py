@@ -1,6 +1,6 @@
 """Samplers: small objects that choose the next token, on one decoding loop.
 
-:class:`Sampler` runs the loop over a :class:`~cln_textgen.decoding.CachedDecoder`
+:class:`Sampler` runs the loop over a :class:`~cln_textgen.generation.decoder.CachedDecoder`
 and applies what every strategy shares (banned tokens, the minimum length,
 the CTRL repetition penalty, no-repeat n-grams, temperature); a subclass only
 says how to pick a token from the processed logits (``get_next_token``).
@@ -18,7 +18,7 @@ same seed and inputs give the same tokens.
 import numpy as np
 
 from cln_textgen.backend import tf
-from cln_textgen.decoding import left_pad
+from cln_textgen.generation.decoder import left_pad
 
 
 def apply_repetition_penalty(logits, history, length, penalty):

@@ -27,18 +27,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cln_textgen import batching
+from cln_textgen.data import batching
 from cln_textgen.backend import bert4keras, keras, tf
-from cln_textgen.corpus import load_split, read_train_labels
+from cln_textgen.data.corpus import load_split, read_train_labels
 from cln_textgen.errors import UserError
-from cln_textgen.layers import SeededTruncatedNormal
-from cln_textgen.metrics import label_accuracy
-from cln_textgen.modeling import activation, load_bert_weights
-from cln_textgen.pretrained import open_pretrained
-from cln_textgen.runs import write_text_atomic
-from cln_textgen.start import check_max_length, model_config_for
-from cln_textgen.tokenization import TextTokenizer, read_vocab, write_vocab
-from cln_textgen.training import NO_DECAY, WarmupLinearDecay
+from cln_textgen.model.layers import SeededTruncatedNormal
+from cln_textgen.evaluation.metrics import label_accuracy
+from cln_textgen.model.modeling import activation, load_bert_weights
+from cln_textgen.model.pretrained import open_pretrained
+from cln_textgen.runs.folder import write_text_atomic
+from cln_textgen.training.start import check_max_length, model_config_for
+from cln_textgen.model.tokenization import TextTokenizer, read_vocab, write_vocab
+from cln_textgen.training.trainer import NO_DECAY, WarmupLinearDecay
 
 
 @dataclasses.dataclass

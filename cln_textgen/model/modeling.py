@@ -26,7 +26,7 @@ import numpy as np
 
 from cln_textgen.backend import bert4keras, keras, tf
 from cln_textgen.errors import UserError
-from cln_textgen.layers import ConditionalLayerNormalization, SeededTruncatedNormal
+from cln_textgen.model.layers import ConditionalLayerNormalization, SeededTruncatedNormal
 
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 ACTIVATIONS = ("gelu", "relu") + _TANH_GELUS

@@ -2,7 +2,7 @@
 
 ``generate`` is the one entry point the trainer, the CLI and the Python API
 call: it picks a sampler from the options and runs it on a key/value-cached
-decoder (:mod:`cln_textgen.decoding`, :mod:`cln_textgen.sampling`).
+decoder (:mod:`cln_textgen.generation.decoder`, :mod:`cln_textgen.generation.samplers`).
 ``reference_generate`` recomputes the whole prefix at every step; it is simple
 and obviously right, and stays as the oracle the fast path is tested against.
 """
@@ -13,9 +13,9 @@ import weakref
 
 import numpy as np
 
-from cln_textgen.decoding import CachedDecoder
+from cln_textgen.generation.decoder import CachedDecoder
 from cln_textgen.errors import UserError
-from cln_textgen.sampling import (BeamSampler, GreedySampler, RandomSampler, TopKSampler,
+from cln_textgen.generation.samplers import (BeamSampler, GreedySampler, RandomSampler, TopKSampler,
                                   TopPSampler)
 
 
@@ -187,7 +187,7 @@ def generate(model, tokenizer, label_ids, n=1, prompt="", options=None, *, promp
     repeated), and ``stream(row, None)`` follows a row's last piece.  Sampling
     rows stream token by token; beam search streams each result once it is final.
 
-    ``decoder``: the :class:`~cln_textgen.decoding.CachedDecoder` of ``model``
+    ``decoder``: the :class:`~cln_textgen.generation.decoder.CachedDecoder` of ``model``
     to use; by default one per model, kept and compiled with XLA.
     """
     options = options or GenerationOptions()

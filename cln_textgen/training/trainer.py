@@ -6,9 +6,9 @@ epoch's (deterministic) order and the dropout random state, so the resumed
 run continues with exactly the batches and masks an unbroken run would use.
 
 Speed options (``train.*``): length-bucketed batches and a token budget per
-batch (:mod:`cln_textgen.batching`), gradient accumulation, XLA and mixed
-precision (:mod:`cln_textgen.train_step`), and tf.distribute
-(:mod:`cln_textgen.distribute`): with ``multi_worker`` only the chief writes
+batch (:mod:`cln_textgen.data.batching`), gradient accumulation, XLA and mixed
+precision (:mod:`cln_textgen.training.step`), and tf.distribute
+(:mod:`cln_textgen.training.distribute`): with ``multi_worker`` only the chief writes
 the run folder.
 """
 
@@ -21,14 +21,16 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from cln_textgen import batching, distribute
+from cln_textgen.data import batching
+
+from cln_textgen.training import distribute
 from cln_textgen.backend import keras, tf
 from cln_textgen.errors import UserError
-from cln_textgen.generation import GenerationOptions, generate
-from cln_textgen.modeling import build_model
-from cln_textgen.run_log import RunLog
-from cln_textgen.runs import RunDir, write_text_atomic
-from cln_textgen.train_step import TrainStep, make_scorer, precision_policy
+from cln_textgen.generation.texts import GenerationOptions, generate
+from cln_textgen.model.modeling import build_model
+from cln_textgen.training.log import RunLog
+from cln_textgen.runs.folder import RunDir, write_text_atomic
+from cln_textgen.training.step import TrainStep, make_scorer, precision_policy
 
 NO_DECAY = ("gamma", "beta", "bias", "Norm")  # LayerNorm (and CLN) parameters and biases
 # Under XLA every batch shape compiles anew; lengths rounded up to a multiple

@@ -1,4 +1,4 @@
-"""The files and the printed summary of an evaluation (:mod:`cln_textgen.evaluation`)."""
+"""The files and the printed summary of an evaluation (:mod:`cln_textgen.evaluation.evaluate`)."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from cln_textgen.errors import UserError
-from cln_textgen.runs import write_text_atomic
+from cln_textgen.runs.folder import write_text_atomic
 
 NGRAM = 8  # memorisation n-gram length, in units
 SELF_BLEU_N = 4

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from cln_textgen.data import build_label_vocab, check_labels, encode_examples, read_examples
+from cln_textgen.data.examples import build_label_vocab, check_labels, encode_examples, read_examples
 
 
 @dataclasses.dataclass

@@ -2,7 +2,7 @@
 
 Both formats end up as the same thing: a Google-style config dict and a
 mapping from Google variable names (``bert/encoder/layer_0/...``) to numpy
-arrays, which :mod:`cln_textgen.modeling` loads through bert4keras's own
+arrays, which :mod:`cln_textgen.model.modeling` loads through bert4keras's own
 variable mapping.  Nothing here builds a model.
 """
 

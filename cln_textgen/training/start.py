@@ -10,12 +10,12 @@ architecture, the data and the label list.
 import dataclasses
 import shutil
 
-from cln_textgen.corpus import load_split, read_train_labels
+from cln_textgen.data.corpus import load_split, read_train_labels
 from cln_textgen.errors import UserError
-from cln_textgen.modeling import ModelConfig, load_bert_weights
-from cln_textgen.pretrained import open_pretrained
-from cln_textgen.runs import RunDir, check_resume_compatible, write_text_atomic
-from cln_textgen.tokenization import TextTokenizer, read_vocab, simplify_vocab, write_vocab
+from cln_textgen.model.modeling import ModelConfig, load_bert_weights
+from cln_textgen.model.pretrained import open_pretrained
+from cln_textgen.runs.folder import RunDir, check_resume_compatible, write_text_atomic
+from cln_textgen.model.tokenization import TextTokenizer, read_vocab, simplify_vocab, write_vocab
 
 
 @dataclasses.dataclass

@@ -3,13 +3,13 @@
 The figures are those of the controllable-generation literature (PPLM, GeDi,
 DExperts), each next to the same figure for real text of the same label:
 
-* label accuracy: an independent classifier (:mod:`cln_textgen.classifier`)
+* label accuracy: an independent classifier (:mod:`cln_textgen.evaluation.classifier`)
   labels every text; its accuracy on real text is the ceiling;
 * fluency: perplexity under a baseline run trained without the condition, and
   both runs' perplexity on the real valid/test text (does the label help?);
 * diversity: Distinct-1/2/3 and Self-BLEU-4 over the texts of one label;
 * memorisation: texts equal to a training text, and the share of 8-grams
-  (units, see :mod:`cln_textgen.metrics`) found in the training text;
+  (units, see :mod:`cln_textgen.evaluation.metrics`) found in the training text;
 * length in units.
 
 Real text is taken as the run sees it: split into pieces of at most
@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from cln_textgen import metrics
-from cln_textgen.classifier import Classifier, ClassifierDir, default_dir
+from cln_textgen.evaluation import metrics
+from cln_textgen.evaluation.classifier import Classifier, ClassifierDir, default_dir
 from cln_textgen.config import load_config
-from cln_textgen.corpus import load_split
+from cln_textgen.data.corpus import load_split
 from cln_textgen.errors import UserError
-from cln_textgen.eval_report import FIGURES, NGRAM, SELF_BLEU_N, write_report
-from cln_textgen.inference import TextGenerator, resolve_checkpoint
-from cln_textgen.runs import open_run
-from cln_textgen.train_step import make_scorer
+from cln_textgen.evaluation.report import FIGURES, NGRAM, SELF_BLEU_N, write_report
+from cln_textgen.generation.generator import TextGenerator, resolve_checkpoint
+from cln_textgen.runs.folder import open_run
+from cln_textgen.training.step import make_scorer
 
 
 @dataclasses.dataclass

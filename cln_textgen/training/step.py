@@ -23,7 +23,9 @@ import contextlib
 
 import numpy as np
 
-from cln_textgen import batching, distribute
+from cln_textgen.data import batching
+
+from cln_textgen.training import distribute
 from cln_textgen.backend import keras, tf
 
 _BATCH = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32),

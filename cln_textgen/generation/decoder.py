@@ -1,4 +1,4 @@
-"""Incremental decoding of a model from :func:`cln_textgen.modeling.build_model`.
+"""Incremental decoding of a model from :func:`cln_textgen.model.modeling.build_model`.
 
 The model is causal (lower-triangular attention), so the keys and values of a
 position never change once computed: a key/value cache makes decoding exact

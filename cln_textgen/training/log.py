@@ -5,7 +5,7 @@ import json
 import time
 
 from cln_textgen.backend import tf
-from cln_textgen.runs import write_text_atomic
+from cln_textgen.runs.folder import write_text_atomic
 
 
 class RunLog:

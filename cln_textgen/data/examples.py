@@ -1,7 +1,7 @@
 """Labelled text: reading TSV/JSONL, the label vocabulary, splitting long texts.
 
 No TensorFlow here: this module turns files into ``Example`` lists and token
-id lists; :mod:`cln_textgen.batching` makes batches of them.
+id lists; :mod:`cln_textgen.data.batching` makes batches of them.
 """
 
 import dataclasses

@@ -13,10 +13,10 @@ Everything comes from the run folder: no pretrained BERT is needed.
 import dataclasses
 
 from cln_textgen.errors import UserError
-from cln_textgen.generation import GenerationOptions, generate
-from cln_textgen.modeling import ModelConfig, build_model
-from cln_textgen.runs import open_run
-from cln_textgen.tokenization import TextTokenizer
+from cln_textgen.generation.texts import GenerationOptions, generate
+from cln_textgen.model.modeling import ModelConfig, build_model
+from cln_textgen.runs.folder import open_run
+from cln_textgen.model.tokenization import TextTokenizer
 
 CHECKPOINT_CHOICES = ("best", "latest")
 
