@@ -205,11 +205,6 @@ def generate(model, tokenizer, label_ids, n=1, prompt="", options=None, *, promp
             for _ in range(n)]
     row_prefixes = [prefix for _, _, prefix in rows]
     decoder = decoder or decoder_for(model)
-    positions = max(len(ids) for ids in encoded) + options.max_new_tokens - 1
-    if positions > decoder.max_position:
-        raise UserError(f"the prompt and max_new_tokens={options.max_new_tokens} need {positions} "
-                        f"positions but the model has {decoder.max_position}; shorten the "
-                        "prompt or lower max_new_tokens")
     generated = make_sampler(options)(
         decoder, encoded, label_ids,
         stop_id=tokenizer.sep_id,

@@ -27,6 +27,7 @@ from cln_textgen.data import batching
 
 from cln_textgen.training import distribute
 from cln_textgen.backend import keras, tf
+from cln_textgen.model.modeling import model_parts
 
 _BATCH = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32),
           tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int64)]
@@ -104,9 +105,8 @@ class TrainStep:
         self.gather = not jit_compile
         # The model up to the hidden states that feed the output layer, and
         # that layer (the tied embedding, the bias): the same Keras layers.
-        self.trunk = keras.Model(model.inputs, model.get_layer("MLM-Norm").output)
-        self.head = [lambda x: model.get_layer("Embedding-Token")(x, mode="dense"),
-                     model.get_layer("MLM-Bias"), model.get_layer("MLM-Activation")]
+        self.parts = model_parts(model)
+        self.trunk = keras.Model(model.inputs, self.parts.head_norm.output)
         self.optimizer = optimizer
         self.loss_scale = loss_scale
         self.sums = []
@@ -159,9 +159,7 @@ class TrainStep:
             return tf.reduce_sum(sums)
         hidden = self.trunk([tokens, labels], training=True)
         real = tf.not_equal(tokens[:, 1:], self.pad_id)
-        x = tf.boolean_mask(hidden[:, :-1], real)
-        for layer in self.head:
-            x = layer(x)
+        x = self.parts.output_logits(tf.boolean_mask(hidden[:, :-1], real))
         targets = tf.boolean_mask(tokens[:, 1:], real)
         return tf.reduce_sum(
             tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(x, tf.float32)))
