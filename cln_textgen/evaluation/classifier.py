@@ -255,8 +255,7 @@ def _fit(model, predict, splits, labels, pad_id, t, say, progress):
         return batching.epoch_batches(lengths, t.batch_size, t.seed, epoch, t.bucket_by_length,
                                       t.batch_tokens)
 
-    total = sum(len(plan(e)) for e in range(t.epochs))
-    total = min(total, t.max_steps) if t.max_steps else total
+    total = batching.planned_steps((len(plan(e)) for e in range(t.epochs)), t.max_steps)
     schedule = WarmupLinearDecay(t.learning_rate, total, round(t.warmup_ratio * total))
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=t.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))

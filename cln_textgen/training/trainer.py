@@ -149,8 +149,8 @@ class Trainer:
 
     def _total_steps(self):
         t = self.config.train
-        total = sum(len(self.step_groups(e)) for e in range(t.epochs))
-        return min(total, t.max_steps) if t.max_steps else total
+        return batching.planned_steps((len(self.step_groups(e)) for e in range(t.epochs)),
+                                      t.max_steps)
 
     @property
     def step(self):
