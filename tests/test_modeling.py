@@ -157,7 +157,7 @@ def test_model_config_from_pretrained_and_run_config(tiny_google_bert):
 
 def test_dropout_masks_follow_the_seed_counter():
     config = tiny_config(dropout=0.5, attention_dropout=0.5)
-    from cln_textgen.model.modeling import DropoutSeed
+    from cln_textgen.model.layers import DropoutSeed
 
     seed = DropoutSeed(3)
     model = build_model(config, seed)

@@ -20,6 +20,8 @@ stopped anywhere resumes with the masks an unbroken run would draw.
 """
 
 import contextlib
+import dataclasses
+import math
 
 import numpy as np
 
@@ -64,6 +66,37 @@ def make_scorer(model, pad_id, batch_size):
         return sums, counts
 
     return score
+
+
+def perplexity(loss):
+    """``exp(loss)``, capped so that a diverged loss reads as a huge number, not inf."""
+    return math.exp(min(loss, 50.0))
+
+
+@dataclasses.dataclass
+class EvalResult:
+    loss: float
+    tokens: int
+    per_label: dict  # label -> {"loss", "ppl", "tokens"}; labels without tokens left out
+
+    @property
+    def ppl(self):
+        return perplexity(self.loss)
+
+
+def split_loss(score, token_ids, label_ids, labels):
+    """Token-weighted loss and perplexity of texts under ``score``
+    (:func:`make_scorer`), over all and per label (ids into ``labels``)."""
+    row_sums, row_counts = score(token_ids, label_ids)
+    sums, counts = np.zeros(len(labels)), np.zeros(len(labels))
+    np.add.at(sums, np.asarray(label_ids, int), row_sums)
+    np.add.at(counts, np.asarray(label_ids, int), row_counts)
+    per_label = {}
+    for i, label in enumerate(labels):
+        if counts[i]:
+            loss = sums[i] / counts[i]
+            per_label[label] = {"loss": loss, "ppl": perplexity(loss), "tokens": int(counts[i])}
+    return EvalResult(sums.sum() / max(counts.sum(), 1), int(counts.sum()), per_label)
 
 
 @contextlib.contextmanager
