@@ -221,7 +221,9 @@ def train_classifier(config, out, say=print, progress=True):
             splits[name] = load_split(name, path, config, tokenizer, labels)
     for split in splits.values():
         say(split.describe())
-    t = config.train
+    # The train section with the classifier's own learning rate and epochs.
+    t = dataclasses.replace(config.train, learning_rate=config.classifier.learning_rate,
+                            epochs=config.classifier.epochs)
     # The generator's model settings, less what only the conditional LM has.
     lm = model_config_for(pretrained.config, config, len(labels), len(token_dict))
     model_config = ClassifierConfig(
