@@ -71,12 +71,22 @@ GenerateSection = GenerationOptions
 
 
 @dataclasses.dataclass
+class ClassifierSection:
+    # The judge that `evaluate` uses has its own schedule: a classification
+    # head fine-tunes at other rates than the generator.  Every other setting
+    # (batch size, warmup, seed...) comes from the train section.
+    learning_rate: float = 5e-5
+    epochs: int = 3
+
+
+@dataclasses.dataclass
 class Config:
     run_dir: str = "runs/default"
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     data: DataSection = dataclasses.field(default_factory=DataSection)
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
     generate: GenerateSection = dataclasses.field(default_factory=GenerateSection)
+    classifier: ClassifierSection = dataclasses.field(default_factory=ClassifierSection)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -138,6 +148,8 @@ class Config:
         problem = contradiction(g)
         if problem:
             fail("generate", problem)
+        positive("classifier.learning_rate", self.classifier.learning_rate)
+        positive("classifier.epochs", self.classifier.epochs)
         return self
 
 

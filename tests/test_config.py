@@ -88,3 +88,14 @@ def test_example_configs_load():
     assert configs, "configs/ holds the example configs"
     for path in configs:
         load_config(path)
+
+
+def test_the_classifier_has_its_own_strict_section(tmp_path):
+    config = load_config(write(tmp_path, "train:\n  learning_rate: 0.01\nclassifier:\n  epochs: 1\n"))
+    assert (config.classifier.epochs, config.classifier.learning_rate) == (1, 5e-5)
+    assert config.train.learning_rate == 0.01  # the generator's rate is not the judge's
+    with pytest.raises(UserError, match=r"unknown key 'classifier.learning_rte'; did you mean "
+                                        r"'classifier.learning_rate'\?"):
+        load_config(None, ["classifier.learning_rte=1e-5"])
+    with pytest.raises(UserError, match=r"classifier.epochs: must be > 0"):
+        load_config(None, ["classifier.epochs=0"])

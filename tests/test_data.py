@@ -128,3 +128,9 @@ def test_token_budget_batches():
     batches = batching.epoch_batches(lengths, 32, 0, 0, batch_tokens=100)
     assert all(len(b) * lengths[b].max() <= 100 or len(b) == 1 for b in batches)
     assert sorted(np.concatenate(batches).tolist()) == list(range(24))
+
+
+def test_planned_steps_sum_the_epochs_up_to_max_steps():
+    assert batching.planned_steps([4, 4, 3]) == 11
+    assert batching.planned_steps(iter([4, 4, 3]), max_steps=6) == 6
+    assert batching.planned_steps([4, 4], max_steps=20) == 8

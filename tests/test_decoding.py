@@ -96,7 +96,7 @@ def test_the_cache_refuses_more_steps_than_it_holds():
         decoder.step(state, [5])
     with pytest.raises(ValueError, match="cache is full"):
         decoder.step(state, [5])
-    with pytest.raises(ValueError, match="positions"):
+    with pytest.raises(UserError, match="positions"):
         decoder.start([[2] * 10], [0], max_new_tokens=45)
 
 

@@ -189,8 +189,8 @@ def test_classifier_learns_a_separable_task(tmp_path):
             lines.append(f"{text}\t{label}")
         (tmp_path / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert main(["classifier", "train", "--config", str(config),
-                 "--set", f"data.test={tmp_path / 'test.tsv'}", "--set", "train.epochs=3",
-                 "--set", "train.learning_rate=0.001", "--set", "train.warmup_ratio=0",
+                 "--set", f"data.test={tmp_path / 'test.tsv'}", "--set", "classifier.epochs=3",
+                 "--set", "classifier.learning_rate=0.001", "--set", "train.warmup_ratio=0",
                  "--no-progress"]) == 0
     report = json.loads((tmp_path / "run-classifier" / "report.json").read_text())
     assert report["test"]["micro"] >= 0.9

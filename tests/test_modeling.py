@@ -5,7 +5,8 @@ import pytest
 
 from cln_textgen.backend import bert4keras, keras
 from cln_textgen.model.layers import ConditionalLayerNormalization
-from cln_textgen.model.modeling import ModelConfig, build_model, conditional_layers, load_bert_weights
+from cln_textgen.model.modeling import (ModelConfig, build_model, conditional_layers,
+                                        load_bert_weights, model_parts)
 from cln_textgen.model.pretrained import open_pretrained
 from cln_textgen.training.start import model_config_for
 from cln_textgen.config import Config
@@ -36,6 +37,30 @@ def test_every_layernorm_is_conditional():
                                                           bert4keras.layers.LayerNormalization))
                  and not isinstance(l, ConditionalLayerNormalization)]
         assert plain == []
+
+
+@pytest.mark.parametrize("changes", [{}, {"cond_hidden_units": 4}, {"conditional": False},
+                                     {"num_hidden_layers": 3}])
+def test_the_model_parts_hold_every_weight_exactly_once(changes):
+    # The cached decoder and the train step see the model only through its
+    # parts: a weight the parts miss (a renamed or new bert4keras layer)
+    # would silently drop out of decoding.
+    model = build_model(tiny_config(**changes))
+    parts = model_parts(model)
+    seen = [id(w) for w in parts.weights()]
+    assert len(seen) == len(set(seen))
+    assert sorted(seen) == sorted(id(w) for w in model.weights)
+    assert len(parts.blocks) == changes.get("num_hidden_layers", 2)
+    assert parts.norms() == conditional_layers(model)  # every norm, in model order
+    assert (parts.vocab_size, parts.max_position) == (40, 32)
+
+
+def test_a_missing_layer_names_the_accessor():
+    model = build_model(tiny_config())
+    # The model without its output bias: what a renamed layer looks like to the accessor.
+    inner = keras.Model(model.inputs, model.get_layer("MLM-Norm").output)
+    with pytest.raises(RuntimeError, match="model_parts"):
+        model_parts(inner)
 
 
 def test_unconditional_model_has_no_label_embedding():
@@ -132,7 +157,7 @@ def test_model_config_from_pretrained_and_run_config(tiny_google_bert):
 
 def test_dropout_masks_follow_the_seed_counter():
     config = tiny_config(dropout=0.5, attention_dropout=0.5)
-    from cln_textgen.model.modeling import DropoutSeed
+    from cln_textgen.model.layers import DropoutSeed
 
     seed = DropoutSeed(3)
     model = build_model(config, seed)

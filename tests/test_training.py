@@ -74,6 +74,26 @@ def test_rerunning_a_finished_run_says_it_is_complete(trained_run, capsys):
     assert "this run is complete (20 steps)" in capsys.readouterr().out
 
 
+def test_a_new_run_says_whether_the_mlm_head_was_loaded(tmp_path, capsys):
+    import bert_fixtures as bf
+    from cln_textgen.model.pretrained import open_pretrained
+
+    config = write_tiny_task(tmp_path / "task", train_lines=16, valid_lines=0)
+    common = ["train", "--config", str(config), "--no-progress", "--set", "data.valid=null",
+              "--set", "train.samples_per_label=0", "--stop-at-step", "1"]
+    assert main(common + ["--set", f"run_dir={tmp_path / 'with-head'}"]) == 0
+    assert "MLM head: loaded from the checkpoint" in capsys.readouterr().out
+    bert = tmp_path / "task" / "bert"
+    # The same BERT without its MLM head, as a sentence encoder is saved.
+    variables = {name: value for name, value in open_pretrained(bert).variables().items()
+                 if not name.startswith("cls/")}
+    vocab = (bert / "vocab.txt").read_text(encoding="utf-8")
+    bf.write_google_bert(bert, variables, json.loads((bert / "bert_config.json").read_text()))
+    (bert / "vocab.txt").write_text(vocab, encoding="utf-8")
+    assert main(common) == 0
+    assert "MLM head: initialised, not in the checkpoint" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_stop_and_resume_in_a_new_process_is_bitwise_exact(tmp_path, dropout):

@@ -34,7 +34,7 @@ def rows(lengths, seed=0):
 def one_step(model, batches, accumulate_steps=1, jit_compile=False):
     """One SGD step (plain: Adam would magnify float noise in tiny gradients)."""
     from cln_textgen.backend import keras, tf
-    from cln_textgen.model.modeling import DropoutSeed
+    from cln_textgen.model.layers import DropoutSeed
     from cln_textgen.training.step import TrainStep
 
     optimizer = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.SGD(learning_rate=0.5))

@@ -14,9 +14,10 @@ def register(sub):
         "train", help="fine-tune the classifier on a run's config",
         description="Fine-tune a BERT classifier on data.train of the config (the run's "
                     "config: same pretrained BERT, same labels), keep the epoch with the best "
-                    "accuracy on data.valid, and report its accuracy on data.test. Training "
-                    "settings come from the train section (override them with --set, e.g. "
-                    "--set train.learning_rate=2e-5).")
+                    "accuracy on data.valid, and report its accuracy on data.test. The learning "
+                    "rate and epochs come from the classifier section, the other training "
+                    "settings from the train section (override them with --set, e.g. "
+                    "--set classifier.learning_rate=2e-5).")
     add_config_args(t)
     t.add_argument("--out", metavar="DIR",
                    help="folder for the classifier (default: <run_dir>-classifier, where "

@@ -55,6 +55,7 @@ def run(args):
         report(f"new run from {setup.pretrained.directory} ({setup.pretrained.format} format): "
                f"{setup.model_config.num_hidden_layers} layers x {setup.model_config.hidden_size}, "
                f"{trainer.total_steps} steps planned")
+        report(setup.describe_warm_start())
     try:
         status = trainer.fit(stop_at_step=args.stop_at_step)
     except TrainingInterrupted as e:

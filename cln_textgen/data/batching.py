@@ -44,6 +44,13 @@ def _cut(order, lengths, batch_size, batch_tokens):
     return batches
 
 
+def planned_steps(steps_per_epoch, max_steps=None):
+    """The optimizer steps a run plans: those of its epochs in all, capped at
+    ``max_steps`` (None: no cap).  The learning-rate schedule spans them."""
+    total = sum(steps_per_epoch)
+    return min(total, max_steps) if max_steps else total
+
+
 def eval_batches(lengths, batch_size):
     """Length-sorted batches in a fixed order, for evaluation."""
     order = np.argsort(np.asarray(lengths), kind="stable")

@@ -221,7 +221,9 @@ def train_classifier(config, out, say=print, progress=True):
             splits[name] = load_split(name, path, config, tokenizer, labels)
     for split in splits.values():
         say(split.describe())
-    t = config.train
+    # The train section with the classifier's own learning rate and epochs.
+    t = dataclasses.replace(config.train, learning_rate=config.classifier.learning_rate,
+                            epochs=config.classifier.epochs)
     # The generator's model settings, less what only the conditional LM has.
     lm = model_config_for(pretrained.config, config, len(labels), len(token_dict))
     model_config = ClassifierConfig(
@@ -255,8 +257,7 @@ def _fit(model, predict, splits, labels, pad_id, t, say, progress):
         return batching.epoch_batches(lengths, t.batch_size, t.seed, epoch, t.bucket_by_length,
                                       t.batch_tokens)
 
-    total = sum(len(plan(e)) for e in range(t.epochs))
-    total = min(total, t.max_steps) if t.max_steps else total
+    total = batching.planned_steps((len(plan(e)) for e in range(t.epochs)), t.max_steps)
     schedule = WarmupLinearDecay(t.learning_rate, total, round(t.warmup_ratio * total))
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=t.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))

@@ -19,7 +19,6 @@ Every user error is found before any model is loaded.
 """
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from cln_textgen.evaluation.report import FIGURES, NGRAM, SELF_BLEU_N, write_rep
 from cln_textgen.generation.generator import TextGenerator, resolve_checkpoint
 from cln_textgen.options import BY_NAME, resolve
 from cln_textgen.runs.folder import open_run
-from cln_textgen.training.step import make_scorer
+from cln_textgen.training.step import make_scorer, split_loss
 
 
 @dataclasses.dataclass
@@ -238,14 +237,12 @@ def _sample_real(split, tokenizer, labels, n, seed):
 
 
 def _perplexities(score, token_ids, label_ids, labels):
-    """Token-weighted perplexity per label and over all (``"all"``)."""
-    sums, counts = score(token_ids, label_ids)
-    label_ids = np.asarray(label_ids)
-    out = {}
-    for key, mask in [(label, label_ids == i) for i, label in enumerate(labels)] + \
-            [("all", np.ones(len(label_ids), bool))]:
-        total = counts[mask].sum()
-        out[key] = math.exp(min(sums[mask].sum() / total, 50.0)) if total else None
+    """Token-weighted perplexity per label and over all (``"all"``); None
+    where there is no token."""
+    result = split_loss(score, token_ids, label_ids, labels)
+    out = {label: result.per_label[label]["ppl"] if label in result.per_label else None
+           for label in labels}
+    out["all"] = result.ppl if result.tokens else None
     return out
 
 

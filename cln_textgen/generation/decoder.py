@@ -27,7 +27,9 @@ import functools
 import numpy as np
 
 from cln_textgen.backend import tf
+from cln_textgen.errors import UserError
 from cln_textgen.generation.bounded import Bounded
+from cln_textgen.model.modeling import model_parts
 
 # Masked attention scores.  Finite on purpose: a pad column has no key to
 # attend to, and -inf there would give NaN states that 0 * NaN spreads into
@@ -74,7 +76,7 @@ class CachedDecoder:
 
     ``start`` runs the prompts once and returns the logits of the next token;
     each ``step`` feeds one token per row and returns the next logits.  With
-    ``jit_compile`` the step is compiled by XLA: 1.1-1.5x more tokens/s on
+    ``jit_compile`` the step is compiled by XLA: 1.6-1.7x more tokens/s on
     CPU than a plain ``tf.function`` (scripts/bench_decode.py), for a compile
     of a few seconds per batch shape.  The prompt pass is a plain
     ``tf.function``: it runs once per call and would otherwise compile once
@@ -91,29 +93,14 @@ class CachedDecoder:
     _KEEP_STEPS = 4
 
     def __init__(self, model, jit_compile=True):
-        layers = {layer.name: layer for layer in model.layers}
         self.jit_compile = jit_compile
-        self.token_embeddings = layers["Embedding-Token"].embeddings
-        self.position_embeddings = layers["Embedding-Position"].embeddings
-        self.label_embedding = layers.get("Label-Embedding")
-        self.num_layers = sum(1 for name in layers
-                              if name.startswith("Transformer-") and name.endswith("-FeedForward"))
-        self.attention = [layers[f"Transformer-{i}-MultiHeadSelfAttention"]
-                          for i in range(self.num_layers)]
-        self.feed_forward = [layers[f"Transformer-{i}-FeedForward"]
-                             for i in range(self.num_layers)]
-        # Every norm in the order the forward pass meets them.
-        self.norm_layers = [layers["Embedding-Norm"]]
-        for i in range(self.num_layers):
-            self.norm_layers.append(layers[f"Transformer-{i}-MultiHeadSelfAttention-Norm"])
-            self.norm_layers.append(layers[f"Transformer-{i}-FeedForward-Norm"])
-        self.norm_layers.append(layers["MLM-Norm"])
-        self.mlm_dense = layers["MLM-Dense"]
-        self.mlm_bias = layers["MLM-Bias"].beta
-        first = self.attention[0]
-        self.heads, self.key_size, self.head_size = first.heads, first.key_size, first.head_size
-        self.vocab_size = int(self.token_embeddings.shape[0])
-        self.max_position = int(self.position_embeddings.shape[0])
+        self.parts = model_parts(model)
+        self.num_layers = len(self.parts.blocks)
+        self.norm_layers = self.parts.norms()  # in the order the forward pass meets them
+        self.heads, self.key_size, self.head_size = (self.parts.heads, self.parts.key_size,
+                                                     self.parts.head_size)
+        self.vocab_size = self.parts.vocab_size
+        self.max_position = self.parts.max_position
         self._compiled = Bounded(self._KEEP_SHAPES)
         self._norms = tf.function(self._norm_offsets, reduce_retracing=True)
 
@@ -132,10 +119,12 @@ class CachedDecoder:
         the first new token.  The cache holds ``max_new_tokens`` more tokens."""
         tokens, pads = left_pad(prompts, 0)
         rows, prompt_length = tokens.shape
+        # The last new token is never fed; the longest row has no padding.
         needed = prompt_length + max(max_new_tokens - 1, 0)
-        if needed > self.max_position:  # the longest row has no padding
-            raise ValueError(f"prompt + max_new_tokens ({needed} positions) exceeds the "
-                             f"model's {self.max_position} positions")
+        if needed > self.max_position:
+            raise UserError(f"the prompt and max_new_tokens={max_new_tokens} need {needed} "
+                            f"positions but the model has {self.max_position}; shorten the "
+                            "prompt or lower max_new_tokens")
         length = -(-needed // _LENGTH_BUCKET) * _LENGTH_BUCKET
         keys = [tf.Variable(tf.zeros((rows, length, self.heads, self.key_size)), trainable=False)
                 for _ in range(self.num_layers)]
@@ -175,8 +164,8 @@ class CachedDecoder:
 
     def _norm_offsets(self, labels):
         cond = None
-        if self.label_embedding is not None:
-            cond = tf.gather(self.label_embedding.embeddings, labels)
+        if self.parts.label_embedding is not None:
+            cond = tf.gather(self.parts.label_embedding.embeddings, labels)
         return tuple(layer.condition_offsets(cond, rank=3) for layer in self.norm_layers)
 
     @staticmethod
@@ -200,25 +189,25 @@ class CachedDecoder:
         slots = tf.stack([tf.broadcast_to(tf.range(rows)[:, None], (rows, steps)),
                           tf.broadcast_to(columns[None, :], (rows, steps))], axis=-1)
 
-        x = tf.gather(self.token_embeddings, tokens) + tf.gather(self.position_embeddings,
-                                                                  positions)
+        parts = self.parts
+        embeddings = parts.token_embedding.embeddings
+        x = tf.gather(embeddings, tokens) + tf.gather(parts.position_embedding.embeddings,
+                                                      positions)
         x = self._norm(0, x, norms)
-        for i in range(self.num_layers):
-            attention, feed_forward = self.attention[i], self.feed_forward[i]
-            q = tf.reshape(_dense(attention.q_dense, x), (rows, steps, self.heads, self.key_size))
-            k = tf.reshape(_dense(attention.k_dense, x), (rows, steps, self.heads, self.key_size))
-            v = tf.reshape(_dense(attention.v_dense, x),
-                           (rows, steps, self.heads, self.head_size))
+        for i, block in enumerate(parts.blocks):
+            q = tf.reshape(_dense(block.query, x), (rows, steps, self.heads, self.key_size))
+            k = tf.reshape(_dense(block.key, x), (rows, steps, self.heads, self.key_size))
+            v = tf.reshape(_dense(block.value, x), (rows, steps, self.heads, self.head_size))
             keys[i].scatter_nd_update(slots, k)
             values[i].scatter_nd_update(slots, v)
             context = _attend(q, keys[i], values[i], bias, self.key_size ** 0.5)
             context = tf.reshape(context, (rows, steps, self.heads * self.head_size))
-            x = self._norm(2 * i + 1, x + _dense(attention.o_dense, context), norms)
-            inner = _dense(feed_forward.i0_dense, x)
-            x = self._norm(2 * i + 2, x + _dense(feed_forward.o_dense, inner), norms)
+            x = self._norm(2 * i + 1, x + _dense(block.attention_output, context), norms)
+            inner = _dense(block.intermediate, x)
+            x = self._norm(2 * i + 2, x + _dense(block.output, inner), norms)
         x = x[:, -1:]
-        x = self._norm(len(self.norm_layers) - 1, _dense(self.mlm_dense, x), norms)
-        logits = tf.matmul(x[:, 0], self.token_embeddings, transpose_b=True) + self.mlm_bias
+        x = self._norm(len(self.norm_layers) - 1, _dense(parts.head_dense, x), norms)
+        logits = tf.matmul(x[:, 0], embeddings, transpose_b=True) + parts.output_bias
         return logits if then is None else then(logits, *then_args)
 
     def _norm(self, index, x, norms):

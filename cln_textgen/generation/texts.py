@@ -151,11 +151,6 @@ def generate(model, tokenizer, label_ids, n=1, prompt="", options=None, *, promp
     decoding = decoding or Decoding(model)
     decoder = decoding.decoder
     encoded = [tokenizer.encode_prompt(text) for text in texts]
-    positions = max(len(ids) for ids in encoded) + options.max_new_tokens - 1
-    if positions > decoder.max_position:
-        raise UserError(f"the prompt and max_new_tokens={options.max_new_tokens} need {positions} "
-                        f"positions but the model has {decoder.max_position}; shorten the "
-                        "prompt or lower max_new_tokens")
     sampler = decoding.sampler(options)
     beams = isinstance(sampler, BeamSampler)
     # A unit is what one sampler call expands: a prompt with its n beams

@@ -1,6 +1,6 @@
 """Keras layers and initialisers of the conditional model."""
 
-from cln_textgen.backend import keras, tf
+from cln_textgen.backend import bert4keras, keras, tf
 
 
 @keras.utils.register_keras_serializable(package="cln_textgen")
@@ -164,3 +164,75 @@ class SeededTruncatedNormal(keras.initializers.Initializer):
 
     def get_config(self):
         return {"stddev": self.stddev, "seed": self.seed}
+
+
+class DropoutSeed:
+    """The random state of every dropout draw: ``[seed, counter]`` in a variable.
+
+    Dropout masks are pure functions of this pair and of each layer's salt.
+    The trainer advances the counter once per forward pass and keeps the
+    variable in its checkpoint.  Not a Keras-tracked object on purpose: the
+    layers only read it, and the trainer decides where it is saved.
+    """
+
+    def __init__(self, seed=0):
+        self.variable = tf.Variable([int(seed), 0], dtype=tf.int64, trainable=False,
+                                    name="dropout_seed")
+
+    def draw(self, shape, salt):
+        seed = tf.random.experimental.stateless_fold_in(self.variable, salt)
+        return tf.random.stateless_uniform(shape, seed=seed)
+
+
+def _dropout(x, rate, source, salt, training):
+    if not training or not rate:
+        return x
+    keep = source.draw(tf.shape(x), salt) >= rate
+    return tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
+
+
+class SeededDropout(keras.layers.Layer):
+    """Dropout whose masks come from a :class:`DropoutSeed` (exact on resume)."""
+
+    def __init__(self, rate, salt=0, source=None, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        self.rate = float(rate)
+        self.salt = int(salt)
+        self.source = source
+
+    def call(self, inputs, training=None):
+        return _dropout(inputs, self.rate, self.source, self.salt, training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rate=self.rate, salt=self.salt)
+        return config
+
+
+class SeededAttention(bert4keras.layers.MultiHeadAttention):
+    """bert4keras attention with its probability dropout drawn from a DropoutSeed."""
+
+    def __init__(self, *args, salt=0, source=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.salt = int(salt)
+        self.source = source
+
+    def pay_attention_to(self, inputs, mask=None, **kwargs):
+        # Only what a BERT uses: scaled dot product, a boolean or additive
+        # attention bias, softmax; no relative or rotary positions.
+        qw, kw, vw = inputs[:3]
+        a_bias = inputs[3] if kwargs.get("a_bias") else None
+        scores = tf.einsum("bjhd,bkhd->bhjk", qw, kw) / self.key_size ** 0.5
+        scores = tf.cast(scores, tf.float32)  # mixed precision: softmax in float32
+        if a_bias is not None and a_bias.shape.rank == 3:
+            a_bias = a_bias[:, None]
+        probs = bert4keras.backend.attention_normalize(scores, mask[1] if mask else None, -1, "softmax", a_bias)
+        probs = _dropout(probs, self.attention_dropout, self.source, self.salt,
+                         kwargs.get("training"))
+        return tf.einsum("bhjk,bkhd->bjhd", tf.cast(probs, vw.dtype), vw), scores
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(salt=self.salt)
+        return config

@@ -22,11 +22,10 @@ import re
 import types
 from pathlib import Path
 
-import numpy as np
-
 from cln_textgen.backend import bert4keras, keras, tf
 from cln_textgen.errors import UserError
-from cln_textgen.model.layers import ConditionalLayerNormalization, SeededTruncatedNormal
+from cln_textgen.model.layers import (ConditionalLayerNormalization, DropoutSeed,
+                                      SeededAttention, SeededDropout, SeededTruncatedNormal)
 
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 ACTIVATIONS = ("gelu", "relu") + _TANH_GELUS
@@ -77,78 +76,6 @@ def activation(name):
     if name not in ACTIVATIONS:
         raise ValueError(f"unsupported hidden_act {name!r}")
     return _gelu_tanh if name in _TANH_GELUS else name
-
-
-class DropoutSeed:
-    """The random state of every dropout draw: ``[seed, counter]`` in a variable.
-
-    Dropout masks are pure functions of this pair and of each layer's salt.
-    The trainer advances the counter once per forward pass and keeps the
-    variable in its checkpoint.  Not a Keras-tracked object on purpose: the
-    layers only read it, and the trainer decides where it is saved.
-    """
-
-    def __init__(self, seed=0):
-        self.variable = tf.Variable([int(seed), 0], dtype=tf.int64, trainable=False,
-                                    name="dropout_seed")
-
-    def draw(self, shape, salt):
-        seed = tf.random.experimental.stateless_fold_in(self.variable, salt)
-        return tf.random.stateless_uniform(shape, seed=seed)
-
-
-def _dropout(x, rate, source, salt, training):
-    if not training or not rate:
-        return x
-    keep = source.draw(tf.shape(x), salt) >= rate
-    return tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
-
-
-class SeededDropout(keras.layers.Layer):
-    """Dropout whose masks come from a :class:`DropoutSeed` (exact on resume)."""
-
-    def __init__(self, rate, salt=0, source=None, **kwargs):
-        super().__init__(**kwargs)
-        self.supports_masking = True
-        self.rate = float(rate)
-        self.salt = int(salt)
-        self.source = source
-
-    def call(self, inputs, training=None):
-        return _dropout(inputs, self.rate, self.source, self.salt, training)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(rate=self.rate, salt=self.salt)
-        return config
-
-
-class SeededAttention(bert4keras.layers.MultiHeadAttention):
-    """bert4keras attention with its probability dropout drawn from a DropoutSeed."""
-
-    def __init__(self, *args, salt=0, source=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.salt = int(salt)
-        self.source = source
-
-    def pay_attention_to(self, inputs, mask=None, **kwargs):
-        # Only what a BERT uses: scaled dot product, a boolean or additive
-        # attention bias, softmax; no relative or rotary positions.
-        qw, kw, vw = inputs[:3]
-        a_bias = inputs[3] if kwargs.get("a_bias") else None
-        scores = tf.einsum("bjhd,bkhd->bhjk", qw, kw) / self.key_size ** 0.5
-        scores = tf.cast(scores, tf.float32)  # mixed precision: softmax in float32
-        if a_bias is not None and a_bias.shape.rank == 3:
-            a_bias = a_bias[:, None]
-        probs = bert4keras.backend.attention_normalize(scores, mask[1] if mask else None, -1, "softmax", a_bias)
-        probs = _dropout(probs, self.attention_dropout, self.source, self.salt,
-                         kwargs.get("training"))
-        return tf.einsum("bhjk,bkhd->bjhd", tf.cast(probs, vw.dtype), vw), scores
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(salt=self.salt)
-        return config
 
 
 # Under a mixed precision policy every norm and the logits stay float32: the
@@ -243,8 +170,117 @@ def conditional_layers(model):
     return [l for l in model.layers if isinstance(l, ConditionalLayerNormalization)]
 
 
-def count_parameters(model):
-    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+# ---------------------------------------------------------------- the accessor
+#
+# The cached decoder runs the forward pass again over the model's variables
+# and the train step splits the model before its output layer: both need its
+# parts by role.  bert4keras names them (layer names, its attention's and
+# feed-forward's sub-layers); those names are used here and nowhere else, and
+# a test checks that the parts hold every weight of the model exactly once.
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """One transformer layer, in the order the forward pass meets its parts:
+    the attention's query/key/value/output Dense layers, its norm, the
+    feed-forward's two Dense layers (the first with the activation), its norm."""
+
+    query: object
+    key: object
+    value: object
+    attention_output: object
+    attention_norm: ConditionalLayerNormalization
+    intermediate: object
+    output: object
+    feed_forward_norm: ConditionalLayerNormalization
+
+    def layers(self):
+        return [self.query, self.key, self.value, self.attention_output, self.attention_norm,
+                self.intermediate, self.output, self.feed_forward_norm]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParts:
+    """The parts of a model from :func:`build_model`, by role (see :func:`model_parts`).
+
+    The head is the MLM head: ``head_dense`` then ``head_norm`` give the hidden
+    states that the token embedding, transposed (tied weights), turns into
+    logits, plus ``output_bias``.
+    """
+
+    token_embedding: object  # .embeddings: (vocab, hidden)
+    position_embedding: object  # .embeddings: (positions, hidden)
+    label_embedding: object  # None for an unconditional model
+    embedding_norm: ConditionalLayerNormalization
+    blocks: tuple
+    head_dense: object
+    head_norm: ConditionalLayerNormalization
+    head_bias: object  # the layer adding output_bias
+    head_activation: object  # the identity, as a layer (float32 under mixed precision)
+    heads: int
+    key_size: int
+    head_size: int
+
+    @property
+    def output_bias(self):
+        return self.head_bias.beta
+
+    @property
+    def vocab_size(self):
+        return int(self.token_embedding.embeddings.shape[0])
+
+    @property
+    def max_position(self):
+        return int(self.position_embedding.embeddings.shape[0])
+
+    def norms(self):
+        """Every norm, in the order the forward pass meets them."""
+        inner = [norm for block in self.blocks
+                 for norm in (block.attention_norm, block.feed_forward_norm)]
+        return [self.embedding_norm, *inner, self.head_norm]
+
+    def output_logits(self, hidden):
+        """Logits from ``head_norm``'s output, through the model's own Keras layers
+        (so that they keep their float32 policy under mixed precision)."""
+        return self.head_activation(self.head_bias(self.token_embedding(hidden, mode="dense")))
+
+    def weights(self):
+        """Every variable of the parts, part by part."""
+        layers = [self.token_embedding, self.position_embedding, self.label_embedding,
+                  self.embedding_norm, *[l for b in self.blocks for l in b.layers()],
+                  self.head_dense, self.head_norm, self.head_bias]
+        return [weight for layer in layers if layer is not None for weight in layer.weights]
+
+
+def model_parts(model):
+    """The :class:`ModelParts` of ``model`` (built by :func:`build_model`)."""
+    layers = {layer.name: layer for layer in model.layers}
+
+    def get(name):
+        if name not in layers:
+            raise RuntimeError(f"the model has no layer {name!r}: bert4keras named its layers "
+                               "otherwise; update model_parts in cln_textgen/model/modeling.py")
+        return layers[name]
+
+    depth = sum(1 for name in layers
+                if name.startswith("Transformer-") and name.endswith("-FeedForward"))
+    blocks = []
+    for i in range(depth):
+        attention = get(f"Transformer-{i}-MultiHeadSelfAttention")
+        feed_forward = get(f"Transformer-{i}-FeedForward")
+        blocks.append(Block(
+            query=attention.q_dense, key=attention.k_dense, value=attention.v_dense,
+            attention_output=attention.o_dense,
+            attention_norm=get(f"Transformer-{i}-MultiHeadSelfAttention-Norm"),
+            intermediate=feed_forward.i0_dense, output=feed_forward.o_dense,
+            feed_forward_norm=get(f"Transformer-{i}-FeedForward-Norm")))
+    first = get("Transformer-0-MultiHeadSelfAttention")
+    return ModelParts(
+        token_embedding=get("Embedding-Token"), position_embedding=get("Embedding-Position"),
+        label_embedding=layers.get("Label-Embedding"), embedding_norm=get("Embedding-Norm"),
+        blocks=tuple(blocks), head_dense=get("MLM-Dense"), head_norm=get("MLM-Norm"),
+        head_bias=get("MLM-Bias"), head_activation=get("MLM-Activation"),
+        heads=first.heads, key_size=first.key_size, head_size=first.head_size)
 
 
 _WORD_EMBEDDINGS = "bert/embeddings/word_embeddings"

@@ -21,7 +21,6 @@ HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
 VOCAB = "vocab.txt"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
-MLM_HEAD = "cls/predictions/"
 
 
 @dataclasses.dataclass
@@ -247,10 +246,6 @@ def _check_vocab_size(pretrained):
             f"{pretrained.vocab_path}: {lines} tokens, but {name} says vocab_size={expected}; "
             "use the vocab.txt that belongs to these weights"
         )
-
-
-def has_mlm_head(variables):
-    return any(name.startswith(MLM_HEAD) for name in variables)
 
 
 def write_google_checkpoint(variables, prefix):

@@ -14,7 +14,7 @@ import tempfile
 
 from cln_textgen.backend import tf
 from cln_textgen.errors import UserError
-from cln_textgen.model.modeling import DropoutSeed
+from cln_textgen.model.layers import DropoutSeed
 
 
 def make_strategy(name):

@@ -30,11 +30,19 @@ class RunSetup:
     resumed: bool
     pretrained: object = None  # pretrained.PretrainedBert, for a new run
     keep_tokens: list = None
+    mlm_loaded: bool = None  # set by warm_start: whether the checkpoint had the MLM head
 
     def warm_start(self, model):
         """Load the pretrained BERT into a freshly built model (new runs only)."""
-        return load_bert_weights(model, self.pretrained.variables(),
-                                 str(self.pretrained.weights_path), self.keep_tokens)
+        self.mlm_loaded = load_bert_weights(model, self.pretrained.variables(),
+                                            str(self.pretrained.weights_path), self.keep_tokens)
+        return self.mlm_loaded
+
+    def describe_warm_start(self):
+        """The loader's report on the output layer, for the new-run log."""
+        if self.mlm_loaded:
+            return "MLM head: loaded from the checkpoint"
+        return "MLM head: initialised, not in the checkpoint (it starts from random values)"
 
 
 def check_max_length(config, max_position):

@@ -20,6 +20,8 @@ stopped anywhere resumes with the masks an unbroken run would draw.
 """
 
 import contextlib
+import dataclasses
+import math
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from cln_textgen.data import batching
 
 from cln_textgen.training import distribute
 from cln_textgen.backend import keras, tf
+from cln_textgen.model.modeling import model_parts
 
 _BATCH = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32),
           tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int64)]
@@ -63,6 +66,37 @@ def make_scorer(model, pad_id, batch_size):
         return sums, counts
 
     return score
+
+
+def perplexity(loss):
+    """``exp(loss)``, capped so that a diverged loss reads as a huge number, not inf."""
+    return math.exp(min(loss, 50.0))
+
+
+@dataclasses.dataclass
+class EvalResult:
+    loss: float
+    tokens: int
+    per_label: dict  # label -> {"loss", "ppl", "tokens"}; labels without tokens left out
+
+    @property
+    def ppl(self):
+        return perplexity(self.loss)
+
+
+def split_loss(score, token_ids, label_ids, labels):
+    """Token-weighted loss and perplexity of texts under ``score``
+    (:func:`make_scorer`), over all and per label (ids into ``labels``)."""
+    row_sums, row_counts = score(token_ids, label_ids)
+    sums, counts = np.zeros(len(labels)), np.zeros(len(labels))
+    np.add.at(sums, np.asarray(label_ids, int), row_sums)
+    np.add.at(counts, np.asarray(label_ids, int), row_counts)
+    per_label = {}
+    for i, label in enumerate(labels):
+        if counts[i]:
+            loss = sums[i] / counts[i]
+            per_label[label] = {"loss": loss, "ppl": perplexity(loss), "tokens": int(counts[i])}
+    return EvalResult(sums.sum() / max(counts.sum(), 1), int(counts.sum()), per_label)
 
 
 @contextlib.contextmanager
@@ -104,9 +138,8 @@ class TrainStep:
         self.gather = not jit_compile
         # The model up to the hidden states that feed the output layer, and
         # that layer (the tied embedding, the bias): the same Keras layers.
-        self.trunk = keras.Model(model.inputs, model.get_layer("MLM-Norm").output)
-        self.head = [lambda x: model.get_layer("Embedding-Token")(x, mode="dense"),
-                     model.get_layer("MLM-Bias"), model.get_layer("MLM-Activation")]
+        self.parts = model_parts(model)
+        self.trunk = keras.Model(model.inputs, self.parts.head_norm.output)
         self.optimizer = optimizer
         self.loss_scale = loss_scale
         self.sums = []
@@ -159,9 +192,7 @@ class TrainStep:
             return tf.reduce_sum(sums)
         hidden = self.trunk([tokens, labels], training=True)
         real = tf.not_equal(tokens[:, 1:], self.pad_id)
-        x = tf.boolean_mask(hidden[:, :-1], real)
-        for layer in self.head:
-            x = layer(x)
+        x = self.parts.output_logits(tf.boolean_mask(hidden[:, :-1], real))
         targets = tf.boolean_mask(tokens[:, 1:], real)
         return tf.reduce_sum(
             tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(x, tf.float32)))

@@ -12,7 +12,6 @@ precision (:mod:`cln_textgen.training.step`), and tf.distribute
 the run folder.
 """
 
-import dataclasses
 import json
 import math
 import signal
@@ -30,7 +29,7 @@ from cln_textgen.generation.texts import Decoding, GenerationOptions, generate
 from cln_textgen.model.modeling import build_model
 from cln_textgen.training.log import RunLog
 from cln_textgen.runs.folder import RunDir, write_text_atomic
-from cln_textgen.training.step import TrainStep, make_scorer, precision_policy
+from cln_textgen.training.step import TrainStep, make_scorer, precision_policy, split_loss
 
 NO_DECAY = ("gamma", "beta", "bias", "Norm")  # LayerNorm (and CLN) parameters and biases
 # Under XLA every batch shape compiles anew; lengths rounded up to a multiple
@@ -63,17 +62,6 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"peak": self.peak, "total": self.total, "warmup": self.warmup}
-
-
-@dataclasses.dataclass
-class EvalResult:
-    loss: float
-    tokens: int
-    per_label: dict  # label -> {"loss", "ppl", "tokens"}
-
-    @property
-    def ppl(self):
-        return math.exp(min(self.loss, 50.0))
 
 
 class Trainer:
@@ -150,8 +138,8 @@ class Trainer:
 
     def _total_steps(self):
         t = self.config.train
-        total = sum(len(self.step_groups(e)) for e in range(t.epochs))
-        return min(total, t.max_steps) if t.max_steps else total
+        return batching.planned_steps((len(self.step_groups(e)) for e in range(t.epochs)),
+                                      t.max_steps)
 
     @property
     def step(self):
@@ -199,18 +187,7 @@ class Trainer:
     def evaluate(self, split):
         """Token-weighted loss and perplexity over ``split``, in all and per label."""
         encoded = split.encoded
-        labels = self.setup.labels
-        row_sums, row_counts = self._score(encoded.token_ids, encoded.label_ids)
-        sums, counts = np.zeros(len(labels)), np.zeros(len(labels))
-        np.add.at(sums, encoded.label_ids, row_sums)
-        np.add.at(counts, encoded.label_ids, row_counts)
-        per_label = {}
-        for i, label in enumerate(labels):
-            if counts[i]:
-                loss = sums[i] / counts[i]
-                per_label[label] = {"loss": loss, "ppl": math.exp(min(loss, 50.0)),
-                                    "tokens": int(counts[i])}
-        return EvalResult(sums.sum() / max(counts.sum(), 1), int(counts.sum()), per_label)
+        return split_loss(self._score, encoded.token_ids, encoded.label_ids, self.setup.labels)
 
     def samples(self):
         t, g = self.config.train, self.config.generate
