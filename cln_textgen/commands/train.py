@@ -15,6 +15,8 @@ def register(sub):
     p.add_argument("--stop-at-step", type=int, metavar="N",
                    help="save and stop once N optimizer steps are done (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the merged config (defaults, file, --set) and exit")
     p.set_defaults(func=run)
 
 
@@ -24,6 +26,9 @@ def run(args):
     if args.config is None and not args.overrides:
         raise UserError("--config: give a YAML config (see configs/), e.g. --config configs/tiny.yaml")
     config = load_config(args.config, args.overrides)
+    if args.print_config:
+        sys.stdout.write(config.to_yaml())
+        return 0
     source = args.config or "--set"
 
     from cln_textgen.training.distribute import chief_by_tf_config
