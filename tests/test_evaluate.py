@@ -175,7 +175,7 @@ def test_classifier_user_errors(trained_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_classifier_learns_a_separable_task(tmp_path):
+def test_classifier_learns_a_separable_task(tmp_path, capsys):
     """Labels that any working classifier tells apart: texts of one set of
     characters or of another.  A broken head, loader or loop stays near 50 %."""
     config = write_tiny_task(tmp_path)
@@ -192,7 +192,43 @@ def test_classifier_learns_a_separable_task(tmp_path):
                  "--set", f"data.test={tmp_path / 'test.tsv'}", "--set", "classifier.epochs=3",
                  "--set", "classifier.learning_rate=0.001", "--set", "train.warmup_ratio=0",
                  "--no-progress"]) == 0
-    report = json.loads((tmp_path / "run-classifier" / "report.json").read_text())
+    folder = tmp_path / "run-classifier"
+    report = json.loads((folder / "report.json").read_text())
     assert report["test"]["micro"] >= 0.9
     assert report["test"]["confusion"]["pos"]["pos"] >= 9
     assert [e["epoch"] for e in report["epochs"]] == [1, 2, 3]
+    assert all(0 <= e["valid_accuracy"] <= 1 for e in report["epochs"])
+    # The generator's loop: checkpoints in the folder, and a second call resumes from them.
+    assert (folder / "checkpoints" / "best" / "checkpoint").is_file()
+    for done in [folder / "report.json", *folder.glob("weights.*")]:
+        done.unlink()
+    assert main(["classifier", "train", "--config", str(config), "--no-progress",
+                 "--set", f"data.test={tmp_path / 'test.tsv'}", "--set", "classifier.epochs=3",
+                 "--set", "classifier.learning_rate=0.001", "--set", "train.warmup_ratio=0"]) == 0
+    again = json.loads((folder / "report.json").read_text())
+    assert "resuming from" in capsys.readouterr().out
+    assert (again["steps"], again["kept_step"], again["test"]) == (
+        report["steps"], report["kept_step"], report["test"])
+
+
+def test_the_classifier_loss_counts_real_rows_only():
+    # Rows added so that replicas split a batch evenly must not count as texts.
+    import types
+
+    from cln_textgen.data import batching
+    from cln_textgen.evaluation.classifier import ClassifierConfig, build_classifier
+    from cln_textgen.evaluation.classifier_training import ClassifierTask, LabelLoss
+
+    config = ClassifierConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1,
+                              num_attention_heads=2, intermediate_size=32, hidden_act="gelu",
+                              max_position=32, layer_norm_eps=1e-12, num_labels=2, max_length=16,
+                              lower_case=True, dropout=0.0, attention_dropout=0.0, seed=0)
+    loss = LabelLoss(build_classifier(config), pad_id=0)
+    rows = [[2, 7, 8, 3], [2, 9, 3], [2, 11, 12, 13, 3]]
+    plain = batching.pad_batch(rows, [1, 0, 1], [0, 1, 2])
+    filled = batching.pad_batch(rows, [1, 0, 1], [0, 1, 2], rows_multiple=4)
+    assert filled[0].shape[0] == 4
+    assert float(loss(*filled)) == pytest.approx(float(loss(*plain)), rel=1e-6)
+    assert float(loss(*plain)) > 0
+    task = types.SimpleNamespace(tokenizer=types.SimpleNamespace(pad_id=0))
+    assert ClassifierTask.count_targets(task, filled[0]) == 3

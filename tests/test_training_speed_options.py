@@ -35,10 +35,11 @@ def one_step(model, batches, accumulate_steps=1, jit_compile=False):
     """One SGD step (plain: Adam would magnify float noise in tiny gradients)."""
     from cln_textgen.backend import keras, tf
     from cln_textgen.model.layers import DropoutSeed
-    from cln_textgen.training.step import TrainStep
+    from cln_textgen.training.step import NextTokenLoss, TrainStep
 
     optimizer = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.SGD(learning_rate=0.5))
-    step = TrainStep(model, optimizer, tf.distribute.get_strategy(), DropoutSeed(0), 0,
+    step = TrainStep(model, optimizer, tf.distribute.get_strategy(), DropoutSeed(0),
+                     NextTokenLoss(model, 0, gather=not jit_compile),
                      accumulate_steps=accumulate_steps, jit_compile=jit_compile)
     total = sum(batching.real_targets(tokens) for tokens, _ in batches)
     loss, _ = step(batches, total)

@@ -1,5 +1,7 @@
 """``cln-textgen classifier train``: the independent judge that ``evaluate`` uses."""
 
+import sys
+
 from cln_textgen.commands import add_config_args, say
 from cln_textgen.errors import UserError
 
@@ -13,11 +15,12 @@ def register(sub):
     t = actions.add_parser(
         "train", help="fine-tune the classifier on a run's config",
         description="Fine-tune a BERT classifier on data.train of the config (the run's "
-                    "config: same pretrained BERT, same labels), keep the epoch with the best "
-                    "accuracy on data.valid, and report its accuracy on data.test. The learning "
-                    "rate and epochs come from the classifier section, the other training "
-                    "settings from the train section (override them with --set, e.g. "
-                    "--set classifier.learning_rate=2e-5).")
+                    "config: same pretrained BERT, same labels) with the generator's training "
+                    "loop, keep the checkpoint with the lowest loss on data.valid, and report "
+                    "its accuracy on data.test. Run it again on the same --out to resume. "
+                    "The learning rate and epochs come from the classifier section, the other "
+                    "training settings from the train section (override them with --set, "
+                    "e.g. --set classifier.learning_rate=2e-5).")
     add_config_args(t)
     t.add_argument("--out", metavar="DIR",
                    help="folder for the classifier (default: <run_dir>-classifier, where "
@@ -38,15 +41,25 @@ def run_train(args):
         raise UserError("--config: give the run's YAML config, e.g. --config runs/demo/config.yaml")
     config = load_config(args.config, args.overrides)
 
-    from cln_textgen.evaluation.classifier import default_dir, train_classifier
+    from cln_textgen.evaluation.classifier import default_dir
+    from cln_textgen.evaluation.classifier_training import train_classifier
+    from cln_textgen.training.trainer import TrainingDiverged, TrainingInterrupted
 
     out = args.out or default_dir(config.run_dir)
     say(f"classifier folder: {out}")
-    report = train_classifier(config, out, say=say, progress=not args.no_progress)
+    try:
+        report = train_classifier(config, out, say=say, progress=not args.no_progress)
+    except TrainingInterrupted as e:
+        say(str(e))
+        return 130
+    except TrainingDiverged as e:
+        print(f"cln-textgen classifier train: error: {e}", file=sys.stderr)
+        return 1
     test = report["test"]
     per_label = ", ".join(f"{k} {v:.4f}" for k, v in test["per_label"].items() if v is not None)
     say(f"test accuracy {test['micro']:.4f}, macro {test['macro']:.4f} ({per_label}) on "
-        f"{test['examples']} examples; kept epoch {report['kept_epoch']}, "
+        f"{test['examples']} examples; kept epoch {report['kept_epoch']} (step "
+        f"{report['kept_step']}), "
         f"{report['steps']} steps in {report['seconds'] / 60:.1f} min")
     say(f"saved to {out}; evaluate a run with: cln-textgen evaluate --run {config.run_dir}"
         + (f" --classifier {out}" if args.out else ""))

@@ -10,8 +10,12 @@ folder is self-contained like a run folder::
     classifier.json   ClassifierConfig (rebuilds the network)
     labels.json       label names in id order (the run's order)
     vocab.txt         the pretrained BERT's vocabulary
-    weights.*         the fine-tuned weights (a TF checkpoint)
+    checkpoints/      training checkpoints (resume; checkpoints/best: lowest valid loss)
+    metrics.jsonl     training events, as in a run folder (and tensorboard/)
+    weights.*         the fine-tuned weights kept (a TF checkpoint)
     report.json       training log and accuracy on the test split (written last)
+
+It is trained by :mod:`cln_textgen.evaluation.classifier_training`.
 
 Texts longer than ``data.max_length`` tokens are split into pieces exactly as
 for the generator, so the classifier learns and is tested on the same units of
@@ -20,25 +24,18 @@ text the generator learns to produce.
 
 import dataclasses
 import json
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from cln_textgen.data import batching
 from cln_textgen.backend import bert4keras, keras, tf
-from cln_textgen.data.corpus import load_split, read_train_labels
+from cln_textgen.data import batching
 from cln_textgen.errors import UserError
-from cln_textgen.model.layers import SeededTruncatedNormal
 from cln_textgen.evaluation.metrics import label_accuracy
-from cln_textgen.model.modeling import activation, load_bert_weights
-from cln_textgen.model.pretrained import open_pretrained
-from cln_textgen.runs.folder import write_text_atomic
-from cln_textgen.training.start import check_max_length, model_config_for
-from cln_textgen.model.tokenization import TextTokenizer, read_vocab, write_vocab
-from cln_textgen.training.trainer import NO_DECAY, WarmupLinearDecay
+from cln_textgen.model.layers import SeededTruncatedNormal
+from cln_textgen.model.modeling import activation
+from cln_textgen.model.tokenization import TextTokenizer
+from cln_textgen.runs.folder import RunDir
 
 
 @dataclasses.dataclass
@@ -61,14 +58,11 @@ class ClassifierConfig:
     seed: int
 
 
-class ClassifierDir:
-    def __init__(self, path):
-        self.path = Path(path)
+class ClassifierDir(RunDir):
+    """A classifier folder: a run folder (checkpoints/, metrics.jsonl, tensorboard/
+    while it trains) whose model is a ClassifierConfig, plus the final weights."""
 
-    config = property(lambda self: self.path / "config.yaml")
     model_config = property(lambda self: self.path / "classifier.json")
-    labels = property(lambda self: self.path / "labels.json")
-    vocab = property(lambda self: self.path / "vocab.txt")
     weights = property(lambda self: self.path / "weights")
     report = property(lambda self: self.path / "report.json")
 
@@ -131,14 +125,14 @@ def build_classifier(config):
     return keras.Model(encoder.model.input, logits, name="label_classifier")
 
 
-def _predictor(model):
+def predictor(model):
     """``model``'s inference pass, traced once: build it once per model."""
     return tf.function(lambda t: model(t, training=False),
                        input_signature=[tf.TensorSpec([None, None], tf.int32)])
 
 
 def _logits(predict, num_labels, token_ids, pad_id, batch_size):
-    """Logits of every row, in input order; ``predict`` from :func:`_predictor`."""
+    """Logits of every row, in input order; ``predict`` from :func:`predictor`."""
     out = np.zeros((len(token_ids), num_labels), np.float32)
     zeros = [0] * len(token_ids)
     for rows in batching.eval_batches([len(t) for t in token_ids], batch_size):
@@ -147,15 +141,21 @@ def _logits(predict, num_labels, token_ids, pad_id, batch_size):
     return out
 
 
-def _accuracy(predict, split, labels, pad_id, batch_size):
-    predicted = _logits(predict, len(labels), split.encoded.token_ids, pad_id,
-                        batch_size).argmax(-1)
-    targets = [labels[i] for i in split.encoded.label_ids]
+def accuracy(predict, split, labels, pad_id, batch_size):
+    """Accuracy (micro, macro, per label), the confusion matrix and the mean
+    cross-entropy ``loss`` of the classifier on ``split``."""
+    logits = _logits(predict, len(labels), split.encoded.token_ids, pad_id, batch_size)
+    predicted = logits.argmax(-1)
+    target_ids = np.asarray(split.encoded.label_ids)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    loss = float(-log_probs[np.arange(len(target_ids)), target_ids].mean())
+    targets = [labels[i] for i in target_ids]
     result = label_accuracy(targets, [labels[i] for i in predicted], labels)
     confusion = {t: {p: 0 for p in labels} for t in labels}
     for t, p in zip(targets, predicted):
         confusion[t][labels[p]] += 1
-    return {**result, "examples": len(targets), "confusion": confusion}
+    return {**result, "examples": len(targets), "confusion": confusion, "loss": loss}
 
 
 class Classifier:
@@ -164,7 +164,7 @@ class Classifier:
     def __init__(self, directory, model, tokenizer, labels, config, report):
         self.directory, self.model, self.tokenizer = directory, model, tokenizer
         self.labels, self.config, self.report = list(labels), config, report
-        self._predict = _predictor(model)
+        self._predict = predictor(model)
 
     @classmethod
     def load(cls, path):
@@ -193,136 +193,3 @@ class Classifier:
         logits = _logits(self._predict, len(self.labels), ids, self.tokenizer.pad_id, batch_size)
         e = np.exp(logits - logits.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
-
-
-def train_classifier(config, out, say=print, progress=True):
-    """Fine-tune on ``data.train``, keep the epoch best on ``data.valid`` (if any),
-    test on ``data.test``, save into ``out``; returns the report dict."""
-    folder = ClassifierDir(out)
-    if folder.path.exists() and any(folder.path.iterdir()):
-        raise UserError(f"{folder.path}: already exists and is not empty; delete it or pass "
-                        "--out DIR for the new classifier")
-    if not config.data.test:
-        raise UserError("data.test: not set; the classifier reports its accuracy on the test "
-                        "split: add data.test to the config or pass --set data.test=FILE")
-    if not config.model.pretrained:
-        raise UserError("model.pretrained: not set; the classifier starts from the same "
-                        "pretrained BERT as the generator (--set model.pretrained=DIR)")
-    started = time.time()
-    pretrained = open_pretrained(config.model.pretrained, config.model.format)
-    token_dict = read_vocab(pretrained.vocab_path)
-    tokenizer = TextTokenizer(token_dict, config.model.lower_case)
-    examples, stats, labels = read_train_labels(config)
-    splits = {"train": load_split("train", config.data.train, config, tokenizer, labels,
-                                  examples, stats)}
-    for name in ("valid", "test"):
-        path = getattr(config.data, name)
-        if path:
-            splits[name] = load_split(name, path, config, tokenizer, labels)
-    for split in splits.values():
-        say(split.describe())
-    # The train section with the classifier's own learning rate and epochs.
-    t = dataclasses.replace(config.train, learning_rate=config.classifier.learning_rate,
-                            epochs=config.classifier.epochs)
-    # The generator's model settings, less what only the conditional LM has.
-    lm = model_config_for(pretrained.config, config, len(labels), len(token_dict))
-    model_config = ClassifierConfig(
-        **{f.name: getattr(lm, f.name) for f in dataclasses.fields(ClassifierConfig)
-           if hasattr(lm, f.name)},
-        max_length=config.data.max_length, lower_case=config.model.lower_case)
-    check_max_length(config, model_config.max_position)
-
-    tf.random.set_seed(t.seed)  # dropout masks: the same in every fresh process
-    model = build_classifier(model_config)
-    load_bert_weights(model, pretrained.variables(), str(pretrained.weights_path))
-    predict = _predictor(model)
-    epochs, kept = _fit(model, predict, splits, labels, tokenizer.pad_id, t, say, progress)
-    test = _accuracy(predict, splits["test"], labels, tokenizer.pad_id, t.batch_size)
-    report = {"labels": labels, "pretrained": str(pretrained.directory),
-              "steps": sum(e["steps"] for e in epochs), "epochs": epochs,
-              "kept_epoch": kept, "test": test,
-              "seconds": round(time.time() - started, 1)}
-    _save(folder, config, model_config, labels, token_dict, model, report)
-    return report
-
-
-def _fit(model, predict, splits, labels, pad_id, t, say, progress):
-    """The training loop.  Leaves the model at the epoch with the best valid
-    accuracy (the last epoch without valid data); returns the per-epoch log and
-    the epoch kept."""
-    train = splits["train"].encoded
-    lengths = [len(x) for x in train.token_ids]
-
-    def plan(epoch):
-        return batching.epoch_batches(lengths, t.batch_size, t.seed, epoch, t.bucket_by_length,
-                                      t.batch_tokens)
-
-    total = batching.planned_steps((len(plan(e)) for e in range(t.epochs)), t.max_steps)
-    schedule = WarmupLinearDecay(t.learning_rate, total, round(t.warmup_ratio * total))
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=t.weight_decay)
-    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
-    variables = model.trainable_variables
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
-                                  tf.TensorSpec([None], tf.int32)])
-    def step(tokens, targets):
-        with tf.GradientTape() as tape:
-            logits = model(tokens, training=True)
-            loss = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits))
-        grads = tape.gradient(loss, variables)
-        if t.clip_norm:
-            grads, _ = tf.clip_by_global_norm(grads, t.clip_norm)
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss
-
-    epochs, done, kept, best, best_weights = [], 0, None, -1.0, None
-    bar = tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True)
-    try:
-        for epoch in range(t.epochs):
-            bar.set_description(f"classifier epoch {epoch + 1}/{t.epochs}")
-            losses = []
-            for rows in plan(epoch)[:total - done]:
-                tokens, targets = batching.pad_batch(train.token_ids, train.label_ids, rows,
-                                                     pad_id)
-                losses.append(float(step(tokens, targets)))
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if not losses:
-                break  # train.max_steps reached
-            done += len(losses)
-            entry = {"epoch": epoch + 1, "steps": len(losses),
-                     "train_loss": sum(losses) / len(losses)}
-            line = f"classifier epoch {epoch + 1}: train loss {entry['train_loss']:.4f}"
-            if "valid" in splits:
-                valid = _accuracy(predict, splits["valid"], labels, pad_id, t.batch_size)
-                entry.update(valid_accuracy=valid["micro"], valid_macro_accuracy=valid["macro"])
-                line += f", valid accuracy {valid['micro']:.4f}"
-                if valid["micro"] > best:  # the first of equal epochs stays
-                    kept, best, best_weights = epoch + 1, valid["micro"], model.get_weights()
-            else:
-                kept = epoch + 1
-            epochs.append(entry)
-            (tqdm.write if progress else say)(line)
-    finally:
-        bar.close()
-    if best_weights is not None and kept != len(epochs):
-        model.set_weights(best_weights)
-    return epochs, kept
-
-
-def _save(folder, config, model_config, labels, token_dict, model, report):
-    """Write the folder; report.json last, so an interrupted save is incomplete."""
-    try:
-        folder.path.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(folder.config, config.to_yaml())
-        write_text_atomic(folder.model_config,
-                          json.dumps(dataclasses.asdict(model_config), indent=2) + "\n")
-        write_text_atomic(folder.labels, json.dumps(labels, ensure_ascii=False, indent=2) + "\n")
-        write_vocab(folder.vocab, token_dict)
-        tf.train.Checkpoint(model=model).write(str(folder.weights))
-        write_text_atomic(folder.report,
-                          json.dumps(report, ensure_ascii=False, indent=2) + "\n")
-    except OSError as e:
-        shutil.rmtree(folder.path, ignore_errors=True)
-        raise UserError(f"{folder.path}: cannot write the classifier ({e.strerror})") from None

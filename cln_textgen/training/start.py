@@ -10,12 +10,14 @@ architecture, the data and the label list.
 import dataclasses
 import shutil
 
+from cln_textgen.data import batching
 from cln_textgen.data.corpus import load_split, read_train_labels
 from cln_textgen.errors import UserError
-from cln_textgen.model.modeling import ModelConfig, load_bert_weights
+from cln_textgen.model.modeling import ModelConfig, build_model, load_bert_weights
 from cln_textgen.model.pretrained import open_pretrained
 from cln_textgen.runs.folder import RunDir, check_resume_compatible, write_text_atomic
 from cln_textgen.model.tokenization import TextTokenizer, read_vocab, simplify_vocab, write_vocab
+from cln_textgen.training.step import NextTokenLoss, make_scorer, split_loss
 
 
 @dataclasses.dataclass
@@ -31,6 +33,26 @@ class RunSetup:
     pretrained: object = None  # pretrained.PretrainedBert, for a new run
     keep_tokens: list = None
     mlm_loaded: bool = None  # set by warm_start: whether the checkpoint had the MLM head
+    scorer: object = None  # the valid-loss scorer of the trained model, made once
+
+    # The task of the training loop (see training/trainer.py): the model, its
+    # loss and its evaluation.
+
+    def build_model(self, dropout_seed):
+        return build_model(self.model_config, dropout_seed)
+
+    def training_loss(self, model, gather):
+        return NextTokenLoss(model, self.tokenizer.pad_id, gather)
+
+    def count_targets(self, tokens):
+        return batching.real_targets(tokens, self.tokenizer.pad_id)
+
+    def evaluate(self, model, split):
+        """Token-weighted valid loss and perplexity, in all and per label."""
+        if self.scorer is None:
+            self.scorer = make_scorer(model, self.tokenizer.pad_id, self.config.train.batch_size)
+        encoded = split.encoded
+        return split_loss(self.scorer, encoded.token_ids, encoded.label_ids, self.labels)
 
     def warm_start(self, model):
         """Load the pretrained BERT into a freshly built model (new runs only)."""

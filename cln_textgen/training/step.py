@@ -1,8 +1,9 @@
 """One optimizer step: micro-batches, replicas, XLA and loss scaling.
 
-The step's loss is the mean next-token cross-entropy over every real target
-of its micro-batches (``train.accumulate_steps`` of them) on every replica.
-Each replica divides its summed loss by that global count, counted on the
+The step's loss is the task's mean loss over every loss term (for the
+language model: the next-token cross-entropy of every real target) of its
+micro-batches (``train.accumulate_steps`` of them) on every replica.  Each
+replica divides its summed loss by that global count, counted on the
 host before the step, so the gradients summed over micro-batches (in
 accumulator variables) and over replicas (one all-reduce) are the gradients
 of that mean: N micro-batches on R replicas train like one batch of all
@@ -83,6 +84,14 @@ class EvalResult:
     def ppl(self):
         return perplexity(self.loss)
 
+    def log_fields(self):
+        """The ``eval`` event of ``metrics.jsonl``."""
+        return {"valid_loss": self.loss, "valid_ppl": self.ppl, "per_label": self.per_label}
+
+    def describe(self):
+        labels = ", ".join(f"{k} {v['ppl']:.2f}" for k, v in self.per_label.items())
+        return f"valid loss {self.loss:.4f}, perplexity {self.ppl:.2f} ({labels})"
+
 
 def split_loss(score, token_ids, label_ids, labels):
     """Token-weighted loss and perplexity of texts under ``score``
@@ -115,31 +124,57 @@ def precision_policy(name):
         keras.mixed_precision.set_global_policy(previous)
 
 
-class TrainStep:
-    """``step(batches, total)``: one optimizer step over ``batches`` (a list of
-    ``(tokens, labels)`` micro-batches) whose real targets number ``total``;
-    returns ``(loss, grad_norm)``.  Build it in the strategy's scope.
+class NextTokenLoss:
+    """The language model's training loss: ``loss(tokens, labels)`` is the summed
+    next-token cross-entropy over the real targets of one replica's rows.
 
-    ``optimizer`` is a ``LossScaleOptimizer``; with ``loss_scale`` (float16:
-    small gradients would flush to zero) the loss is scaled and a step with a
-    non-finite gradient is skipped while the scale drops; without, its inner
-    optimizer applies the gradients as they are.
+    With ``gather`` (not under XLA) the output layer runs only where a target
+    is real: the model up to the hidden states that feed it (``model_parts``'
+    ``head_norm``), then the head on the gathered positions, through the same
+    Keras layers.
     """
 
-    def __init__(self, model, optimizer, strategy, dropout_seed, pad_id, *, clip_norm=None,
+    def __init__(self, model, pad_id, gather=True):
+        self.model, self.pad_id, self.gather = model, pad_id, gather
+        if gather:
+            self.parts = model_parts(model)
+            self.trunk = keras.Model(model.inputs, self.parts.head_norm.output)
+
+    def __call__(self, tokens, labels):
+        if not self.gather:
+            sums, _ = token_losses(self.model([tokens, labels], training=True), tokens,
+                                   self.pad_id)
+            return tf.reduce_sum(sums)
+        hidden = self.trunk([tokens, labels], training=True)
+        real = tf.not_equal(tokens[:, 1:], self.pad_id)
+        x = self.parts.output_logits(tf.boolean_mask(hidden[:, :-1], real))
+        targets = tf.boolean_mask(tokens[:, 1:], real)
+        return tf.reduce_sum(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(x, tf.float32)))
+
+
+class TrainStep:
+    """``step(batches, total)``: one optimizer step over ``batches`` (a list of
+    ``(tokens, labels)`` micro-batches) whose loss terms number ``total``;
+    returns ``(loss, grad_norm)``.  Build it in the strategy's scope.
+
+    ``loss(tokens, labels)`` is the task's summed loss over one replica's rows
+    (:class:`NextTokenLoss` for the language model); the step divides it by
+    ``total``.  ``optimizer`` is a ``LossScaleOptimizer``; with ``loss_scale``
+    (float16: small gradients would flush to zero) the loss is scaled and a
+    step with a non-finite gradient is skipped while the scale drops; without,
+    its inner optimizer applies the gradients as they are.
+    """
+
+    def __init__(self, model, optimizer, strategy, dropout_seed, loss, *, clip_norm=None,
                  accumulate_steps=1, jit_compile=False, loss_scale=False):
         self.model = model
         self.strategy = strategy
         self.dropout = dropout_seed.variable
-        self.pad_id = pad_id
+        self.loss = loss
         self.clip_norm = clip_norm
         self.accumulate_steps = accumulate_steps
         self.variables = model.trainable_variables
-        self.gather = not jit_compile
-        # The model up to the hidden states that feed the output layer, and
-        # that layer (the tied embedding, the bias): the same Keras layers.
-        self.parts = model_parts(model)
-        self.trunk = keras.Model(model.inputs, self.parts.head_norm.output)
         self.optimizer = optimizer
         self.loss_scale = loss_scale
         self.sums = []
@@ -184,23 +219,10 @@ class TrainStep:
 
     # ------------------------------------------------------------ per replica
 
-    def _replica_loss(self, tokens, labels):
-        """Summed cross-entropy over this replica's real targets."""
-        if not self.gather:
-            sums, _ = token_losses(self.model([tokens, labels], training=True), tokens,
-                                   self.pad_id)
-            return tf.reduce_sum(sums)
-        hidden = self.trunk([tokens, labels], training=True)
-        real = tf.not_equal(tokens[:, 1:], self.pad_id)
-        x = self.parts.output_logits(tf.boolean_mask(hidden[:, :-1], real))
-        targets = tf.boolean_mask(tokens[:, 1:], real)
-        return tf.reduce_sum(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.cast(x, tf.float32)))
-
     def _replica_gradients(self, tokens, labels, total):
         tokens, labels = distribute.split_rows(tokens, labels)
         with tf.GradientTape() as tape:
-            loss = self._replica_loss(tokens, labels) / total
+            loss = self.loss(tokens, labels) / total
             scaled = self.optimizer.get_scaled_loss(loss) if self.loss_scale else loss
         grads = tape.gradient(scaled, self.variables)
         return loss, [tf.convert_to_tensor(g) for g in grads]

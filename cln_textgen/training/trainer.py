@@ -1,4 +1,4 @@
-"""Training the conditional LM: the loop, evaluation, checkpoints and resume.
+"""The training loop of every task (the LM, the classifier): evaluation, checkpoints, resume.
 
 Same run folder = resume: when ``run_dir`` holds checkpoints, the latest one
 restores the model, the optimizer, the epoch, the batch position within that
@@ -10,6 +10,15 @@ batch (:mod:`cln_textgen.data.batching`), gradient accumulation, XLA and mixed
 precision (:mod:`cln_textgen.training.step`), and tf.distribute
 (:mod:`cln_textgen.training.distribute`): with ``multi_worker`` only the chief writes
 the run folder.
+
+What is trained comes with ``setup``, the task: the language model's
+:class:`~cln_textgen.training.start.RunSetup`, or the label classifier's.  Besides
+the run folder, the config, the tokenizer, the labels and the train and valid
+splits, a task supplies ``build_model(dropout_seed)``, ``warm_start(model)``,
+``training_loss(model, gather)`` (see :class:`~cln_textgen.training.step.TrainStep`),
+``count_targets(tokens)`` (the loss terms of a padded batch) and
+``evaluate(model, split)`` (a result with ``loss``, lower is better, and
+``log_fields()`` and ``describe()``).
 """
 
 import json
@@ -29,7 +38,7 @@ from cln_textgen.generation.texts import Decoding, GenerationOptions, generate
 from cln_textgen.model.modeling import build_model
 from cln_textgen.training.log import RunLog
 from cln_textgen.runs.folder import RunDir, write_text_atomic
-from cln_textgen.training.step import TrainStep, make_scorer, precision_policy, split_loss
+from cln_textgen.training.step import TrainStep, precision_policy
 
 NO_DECAY = ("gamma", "beta", "bias", "Norm")  # LayerNorm (and CLN) parameters and biases
 # Under XLA every batch shape compiles anew; lengths rounded up to a multiple
@@ -86,7 +95,7 @@ class Trainer:
         with self.strategy.scope():
             self.dropout_seed = distribute.ReplicaDropoutSeed(train.seed)
             with precision_policy(train.mixed_precision):
-                self.model = build_model(setup.model_config, self.dropout_seed)
+                self.model = setup.build_model(self.dropout_seed)
             self.schedule = WarmupLinearDecay(train.learning_rate, self.total_steps,
                                               round(train.warmup_ratio * self.total_steps))
             adamw = keras.optimizers.AdamW(learning_rate=self.schedule,
@@ -118,7 +127,6 @@ class Trainer:
         self._saved_at = None  # the step of the last checkpoint saved or restored
         self._evaluated_at = None  # the step of the last evaluation in this process
         self.stepper = None  # the TrainStep, made by the first train_on
-        self._score = make_scorer(self.model, self.pad_id, self.config.train.batch_size)
         self._sampler = None
         self._decoding = None  # the sampling model's decoder, compiled once per trainer
         self.run_log = RunLog(self.run, enabled=self.chief)
@@ -164,7 +172,8 @@ class Trainer:
         t = self.config.train
         with self.strategy.scope():
             return TrainStep(self.model, self.optimizer, self.strategy, self.dropout_seed,
-                             self.pad_id, clip_norm=t.clip_norm,
+                             self.setup.training_loss(self.model, gather=not t.jit_compile),
+                             clip_norm=t.clip_norm,
                              accumulate_steps=t.accumulate_steps, jit_compile=t.jit_compile,
                              loss_scale=t.mixed_precision == "mixed_float16")
 
@@ -178,16 +187,15 @@ class Trainer:
                                       length_multiple=self.length_multiple,
                                       rows_multiple=self.replicas)
                    for indices in group]
-        total = sum(batching.real_targets(tokens, self.pad_id) for tokens, _ in batches)
+        total = sum(self.setup.count_targets(tokens) for tokens, _ in batches)
         loss, norm = self.stepper(batches, total)
         return loss, total, norm
 
     # ------------------------------------------------------------ evaluation
 
     def evaluate(self, split):
-        """Token-weighted loss and perplexity over ``split``, in all and per label."""
-        encoded = split.encoded
-        return split_loss(self._score, encoded.token_ids, encoded.label_ids, self.setup.labels)
+        """The task's evaluation of ``split``: ``loss`` (lower is better) and more."""
+        return self.setup.evaluate(self.model, split)
 
     def samples(self):
         t, g = self.config.train, self.config.generate
@@ -241,11 +249,8 @@ class Trainer:
         stop = False
         if self.setup.valid is not None:
             result = self.evaluate(self.setup.valid)
-            per_label = {k: round(v["ppl"], 3) for k, v in result.per_label.items()}
-            self.log("eval", valid_loss=result.loss, valid_ppl=result.ppl,
-                     per_label=result.per_label)
-            labels = ", ".join(f"{k} {v:.2f}" for k, v in per_label.items())
-            self.say(f"{name}: valid loss {result.loss:.4f}, perplexity {result.ppl:.2f} ({labels})")
+            self.log("eval", **result.log_fields())
+            self.say(f"{name}: {result.describe()}")
             if result.loss < float(self.best.numpy()):
                 self.best.assign(result.loss)
                 self.bad_evals.assign(0)
