@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from cln_textgen.errors import UserError
+from cln_textgen.options import BY_NAME, GenerationOptions, check, contradiction
 
 
 @dataclasses.dataclass
@@ -65,15 +66,8 @@ class TrainSection:
     distribute: str = "none"  # none | mirrored | multi_worker
 
 
-@dataclasses.dataclass
-class GenerateSection:
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1.0: off
-    repetition_penalty: float = 1.0  # 1.0: off
-    no_repeat_ngram: int = 0  # 0: off
-    num_beams: int = 1
+# The generate: section is the table of generation options (cln_textgen.options).
+GenerateSection = GenerationOptions
 
 
 @dataclasses.dataclass
@@ -137,16 +131,13 @@ class Config:
             fail("train.samples_per_label", "must be >= 0")
         choice("train.mixed_precision", t.mixed_precision, ("none", "mixed_float16", "mixed_bfloat16"))
         choice("train.distribute", t.distribute, ("none", "mirrored", "multi_worker"))
-        positive("generate.max_new_tokens", g.max_new_tokens)
-        positive("generate.temperature", g.temperature)
-        positive("generate.num_beams", g.num_beams)
-        if g.top_k < 0:
-            fail("generate.top_k", "must be >= 0 (0: off)")
-        if not 0 < g.top_p <= 1:
-            fail("generate.top_p", f"must be in (0, 1], got {g.top_p}")
-        positive("generate.repetition_penalty", g.repetition_penalty)
-        if g.no_repeat_ngram < 0:
-            fail("generate.no_repeat_ngram", "must be >= 0 (0: off)")
+        for name in BY_NAME:
+            broken = check(name, getattr(g, name))
+            if broken:
+                fail(f"generate.{name}", f"{broken}, got {getattr(g, name)!r}")
+        problem = contradiction(g)
+        if problem:
+            fail("generate", problem)
         return self
 
 

@@ -9,7 +9,8 @@ import bert_fixtures as bf
 from cln_textgen.backend import keras
 from cln_textgen.generation.decoder import CachedDecoder, left_pad
 from cln_textgen.errors import UserError
-from cln_textgen.generation.texts import GenerationOptions, generate, reference_generate
+from cln_textgen.generation.texts import Decoding, GenerationOptions, generate
+from reference import reference_generate
 from cln_textgen.model.modeling import ModelConfig, build_model
 from cln_textgen.generation.samplers import BeamSampler, GreedySampler
 from cln_textgen.model.tokenization import TextTokenizer
@@ -41,10 +42,14 @@ def tiny_model(conditional=True, cond_hidden_units=None, policy="float32"):
 
 
 @functools.lru_cache(maxsize=None)
-def plain_decoder(model):
+def plain_decoding(model):
     """Without XLA: compiling for every batch shape would make the tests slow;
     the XLA step has tests of its own."""
-    return CachedDecoder(model, jit_compile=False)
+    return Decoding(model, jit_compile=False)
+
+
+def plain_decoder(model):
+    return plain_decoding(model).decoder
 
 
 def full_logits(model, ids, label):
@@ -114,10 +119,10 @@ def test_greedy_generate_equals_the_reference(prompt):
 
 def test_choices_compiled_into_the_xla_step_match_the_plain_ones():
     model = tiny_model()
-    xla, plain = CachedDecoder(model, jit_compile=True), plain_decoder(model)
+    xla, plain = Decoding(model, jit_compile=True), plain_decoding(model)
 
     def run(decoder, **options):
-        out = generate(model, TOKENIZER, [0, 1], n=2, prompts=["很", "好的"], decoder=decoder,
+        out = generate(model, TOKENIZER, [0, 1], n=2, prompts=["很", "好的"], decoding=decoder,
                        options=GenerationOptions(max_new_tokens=10, **options))
         return [g.token_ids for g in out]
 
@@ -133,12 +138,12 @@ def test_rows_of_different_prompts_decode_as_if_alone():
     options = GenerationOptions(max_new_tokens=8, greedy=True, repetition_penalty=1.3,
                                 no_repeat_ngram=2)
     prompts, labels = ["很", "好的酒店服务", "不错"], [2, 0, 1]
-    decoder = plain_decoder(model)
+    decoder = plain_decoding(model)
     together = generate(model, TOKENIZER, labels, prompts=prompts, options=options,
-                        decoder=decoder)
+                        decoding=decoder)
     for g, label, prompt in zip(together, labels, prompts):
         alone = generate(model, TOKENIZER, [label], prompt=prompt, options=options,
-                         decoder=decoder)[0]
+                         decoding=decoder)[0]
         assert (g.label_id, g.prompt, g.token_ids) == (label, prompt, alone.token_ids)
 
 
@@ -155,13 +160,13 @@ def test_one_beam_equals_greedy_on_the_model():
 def test_seeded_sampling_is_reproducible_and_streams_its_text():
     model = tiny_model()
     options = GenerationOptions(max_new_tokens=12, top_k=8, top_p=0.9, seed=5)
-    pieces, decoder = {}, plain_decoder(model)
+    pieces, decoder = {}, plain_decoding(model)
     first = generate(model, TOKENIZER, [0, 1], n=3, prompt="很", options=options,
                      stream=lambda row, text: pieces.setdefault(row, []).append(text),
-                     decoder=decoder)
+                     decoding=decoder)
     again = generate(model, TOKENIZER, [0, 1], n=3, prompt="很", options=options,
-                     decoder=decoder)
-    other = generate(model, TOKENIZER, [0, 1], n=3, prompt="很", decoder=decoder,
+                     decoding=decoder)
+    other = generate(model, TOKENIZER, [0, 1], n=3, prompt="很", decoding=decoder,
                      options=GenerationOptions(max_new_tokens=12, top_k=8, top_p=0.9, seed=6))
     assert [g.text for g in first] == [g.text for g in again]
     assert [g.text for g in first] != [g.text for g in other]
@@ -173,7 +178,7 @@ def test_seeded_sampling_is_reproducible_and_streams_its_text():
 
 def test_beam_generate_returns_n_best_per_label():
     model = tiny_model()
-    out = generate(model, TOKENIZER, [0, 2], n=2, decoder=plain_decoder(model),
+    out = generate(model, TOKENIZER, [0, 2], n=2, decoding=plain_decoding(model),
                    options=GenerationOptions(max_new_tokens=6, num_beams=3))
     assert [g.label_id for g in out] == [0, 0, 2, 2]
     with pytest.raises(Exception, match="num_beams"):
@@ -183,8 +188,8 @@ def test_beam_generate_returns_n_best_per_label():
 def test_generate_refuses_more_positions_than_the_model_has():
     model = tiny_model()
     generate(model, TOKENIZER, [0], options=GenerationOptions(max_new_tokens=48, greedy=True),
-             decoder=plain_decoder(model))  # [CLS] + 47 fed tokens: all 48 positions
+             decoding=plain_decoding(model))  # [CLS] + 47 fed tokens: all 48 positions
     with pytest.raises(UserError, match="positions"):
         generate(model, TOKENIZER, [0], options=GenerationOptions(max_new_tokens=49),
-                 decoder=plain_decoder(model))
+                 decoding=plain_decoding(model))
     assert generate(model, TOKENIZER, []) == []

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from cln_textgen.backend import tf
-from cln_textgen.generation.texts import GenerationOptions, _filter_logits
+from cln_textgen.generation.texts import GenerationOptions
+from reference import filter_logits
 from cln_textgen.generation.samplers import (BeamSampler, GreedySampler, RandomSampler, Sampler, TopKSampler,
                                   TopPSampler, apply_repetition_penalty, ban_repeated_ngrams)
 
@@ -15,7 +16,8 @@ def drawn(sampler, logits, rows=400, seed=(1, 2)):
     """The set of ids ``sampler`` draws from one logits row, tiled ``rows`` times
     (every row of a stateless draw is an independent sample)."""
     batch = tf.constant(np.tile(np.asarray(logits, np.float32), (rows, 1)))
-    return set(sampler.get_next_token(batch, tf.constant(seed, tf.int32)).numpy().tolist())
+    seeds = tf.constant([[seed[0], seed[1] + row] for row in range(rows)], tf.int64)
+    return set(sampler.get_next_token(batch, seeds).numpy().tolist())
 
 
 def test_greedy_takes_the_argmax():
@@ -52,7 +54,7 @@ def test_top_p_after_top_k_matches_the_reference_filter():
     logits = np.array([1.0, 3.0, 2.5, 0.5, 2.9, -1.0, 2.0, 0.0])
     for k, p in [(3, 0.6), (5, 0.9), (2, 1.0)]:
         options = GenerationOptions(top_k=k, top_p=p)
-        expected = np.flatnonzero(np.isfinite(_filter_logits(logits[None], options)[0]))
+        expected = np.flatnonzero(np.isfinite(filter_logits(logits[None], options)[0]))
         assert drawn(TopPSampler(p=p, k=k), logits) == set(expected.tolist())
 
 

@@ -1,20 +1,8 @@
 """``cln-textgen evaluate``: how well the label controls the text, and how good it is."""
 
+from cln_textgen import options as table
 from cln_textgen.commands import say
-from cln_textgen.commands.generate import OPTION_CHECKS
 from cln_textgen.errors import UserError
-
-# Sampling options a user may change; beams and greedy decoding are left out:
-# they return (nearly) the same text every time, which no diversity figure can judge.
-SAMPLING = {
-    "max_new_tokens": (int, "default: the run's generate.max_new_tokens"),
-    "min_new_tokens": (int, "no [SEP] before this many tokens"),
-    "temperature": (float, "default: the run's generate.temperature"),
-    "top_k": (int, "sample from the k likeliest tokens (0: off)"),
-    "top_p": (float, "nucleus sampling mass (1.0: off)"),
-    "repetition_penalty": (float, "CTRL-style penalty (1.0: off)"),
-    "no_repeat_ngram": (int, "forbid repeating n-grams of this size"),
-}
 
 
 def register(sub):
@@ -32,38 +20,33 @@ def register(sub):
                    help="a run trained like this one with --set model.conditional=false; "
                         "without it the perplexity figures are left out")
     p.add_argument("-n", type=int, default=100, help="texts per label (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="generation and sampling seed (default 0)")
     p.add_argument("--split", choices=("test", "valid"), default="test",
                    help="the run's split that gives the real texts (default test)")
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                    help="checkpoint of the run and of the baseline (default best)")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="texts generated or scored at once (default 32)")
     p.add_argument("--samples", type=int, default=5,
                    help="generated texts per label shown in report.md (default 5)")
-    for key, (kind, text) in SAMPLING.items():
-        p.add_argument("--" + key.replace("_", "-"), type=kind, help=text)
+    # The generation options (beams and greedy left out: evaluation samples).
+    # --seed also draws the real texts; --batch-size also bounds scoring.
+    table.add_flags(p, evaluate=True)
     p.set_defaults(func=run)
 
 
 def run(args):
-    for flag, value, low in (("-n", args.n, 1), ("--batch-size", args.batch_size, 1),
-                             ("--samples", args.samples, 0)):
+    for flag, value, low in (("-n", args.n, 1), ("--samples", args.samples, 0)):
         if value < low:
             raise UserError(f"{flag}: must be at least {low}, got {value}")
-    options = {key: getattr(args, key) for key in SAMPLING if getattr(args, key) is not None}
-    for key, value in options.items():
-        ok, rule = OPTION_CHECKS[key]
-        if not ok(value):
-            raise UserError(f"--{key.replace('_', '-')}: {rule}, got {value}")
+    options = table.from_flags(args, evaluate=True)
+    # The flags' own rules, before the run is read (which fills in the rest).
+    table.resolve(table.GenerationOptions(), options,
+                  spell=lambda name: table.BY_NAME[name].flag)
 
     from cln_textgen.evaluation.report import summary_lines
     from cln_textgen.evaluation.evaluate import EvalSettings, evaluate
 
     settings = EvalSettings(
         run=args.run, classifier=args.classifier, baseline_run=args.baseline_run, n=args.n,
-        seed=args.seed, split=args.split, checkpoint=args.checkpoint,
-        batch_size=args.batch_size, samples=args.samples, options=options)
+        split=args.split, checkpoint=args.checkpoint, samples=args.samples, options=options)
     report, folder = evaluate(settings, say=say)
     say()
     for line in summary_lines(report):

@@ -2,72 +2,99 @@
 
 import json
 import sys
+import warnings
 
+from cln_textgen import options as table
 from cln_textgen.errors import UserError
 
 
 def register(sub):
-    p = sub.add_parser("generate", help="generate text for a label from a trained run")
+    p = sub.add_parser(
+        "generate", help="generate text for a label from a trained run",
+        description="Generate texts for a label from a trained run. Decoding options left "
+                    "unset come from the run's generate: section (its config.yaml); "
+                    "--show-options lists the values in effect without generating. The "
+                    "options in effect and the checkpoint are printed to standard error.")
     p.add_argument("--run", required=True, metavar="DIR", help="the run folder")
-    p.add_argument("--label", required=True, metavar="NAME", help="label name, or 'all' for every label")
-    p.add_argument("-n", type=int, default=5, help="samples per label (default 5)")
-    p.add_argument("--prompt", default="", metavar="TEXT", help="text every sample starts with")
-    p.add_argument("--max-new-tokens", type=int, metavar="K", help="default: the run's generate.max_new_tokens")
-    p.add_argument("--min-new-tokens", type=int, metavar="K", help="no [SEP] before this many tokens")
-    p.add_argument("--temperature", type=float, metavar="T", help="divide logits by T (default 1.0)")
-    p.add_argument("--top-k", type=int, metavar="K", help="sample from the k likeliest tokens (0: off)")
-    p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass (1.0: off)")
-    p.add_argument("--repetition-penalty", type=float, metavar="R", help="CTRL-style penalty (1.0: off)")
-    p.add_argument("--no-repeat-ngram", type=int, metavar="N", help="forbid repeating n-grams of this size")
-    p.add_argument("--num-beams", type=int, metavar="B", help="beam search with this many beams")
-    p.add_argument("--greedy", action="store_true", help="always take the likeliest token")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="same seed and options -> same texts")
+    p.add_argument("--label", metavar="NAME", help="label name, or 'all' for every label")
+    p.add_argument("-n", type=int, metavar="N",
+                   help=f"texts per label (default: {table.SAMPLES_DEFAULT} when sampling, "
+                        "num_beams with beam search, 1 greedy)")
+    p.add_argument("--prompt", default="", metavar="TEXT",
+                   help="text every sample starts with; each text is the prompt exactly as "
+                        "given, then the continuation")
+    table.add_flags(p)
     p.add_argument("--checkpoint", default="best", metavar="WHICH", help="best (default), latest, or a path")
+    p.add_argument("--show-options", action="store_true",
+                   help="print the options in effect for this run (its generate: section "
+                        "and the flags given), then exit")
     p.add_argument("--stream", action="store_true",
                    help="print text as it is produced (text format, standard output)")
-    p.add_argument("--format", choices=("text", "jsonl"), default="text")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text",
+                   help="jsonl: one object per text with its options, checkpoint, step and run")
     p.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=run)
 
 
-OPTION_CHECKS = {
-    "max_new_tokens": (lambda v: v >= 1, "must be >= 1"),
-    "min_new_tokens": (lambda v: v >= 0, "must be >= 0"),
-    "temperature": (lambda v: v > 0, "must be > 0"),
-    "top_k": (lambda v: v >= 0, "must be >= 0 (0: off)"),
-    "top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    "repetition_penalty": (lambda v: v > 0, "must be > 0 (1.0: off)"),
-    "no_repeat_ngram": (lambda v: v >= 0, "must be >= 0 (0: off)"),
-    "num_beams": (lambda v: v >= 1, "must be >= 1"),
-}
+def resolve_request(args):
+    """The run, its labels and the options in effect, all checked without
+    TensorFlow: ``(run, labels, options, n)``."""
+    from cln_textgen.generation.request import label_ids
+    from cln_textgen.runs.folder import open_run
+
+    run_dir = open_run(args.run)
+    labels = run_dir.read_labels()
+    options = table.resolve(run_dir.read_config().generate, table.from_flags(args),
+                            spell=lambda name: table.BY_NAME[name].flag)
+    n = table.default_n(options) if args.n is None else args.n
+    problem = table.check_n(n, options, name="-n")
+    if problem:
+        raise UserError(problem)
+    if args.label is not None:
+        label_ids(labels, args.label)
+    return run_dir, labels, options, n
 
 
 def run(args):
-    if args.n < 1:
-        raise UserError("-n: must be at least 1")
-    options = {key: getattr(args, key) for key in OPTION_CHECKS if getattr(args, key) is not None}
-    for key, value in options.items():
-        ok, rule = OPTION_CHECKS[key]
-        if not ok(value):
-            raise UserError(f"--{key.replace('_', '-')}: {rule}, got {value}")
-    options.update(greedy=args.greedy, seed=args.seed)
-
+    run_dir, labels, options, n = resolve_request(args)
+    if args.show_options:
+        print(f"# {run_dir.config} generate: section, with the flags given")
+        for option in table.OPTIONS:
+            print(f"{option.name}: {getattr(options, option.name)}")
+        print(f"n: {n}")
+        return 0
+    if args.label is None:
+        raise UserError("--label: give a label name or 'all' (labels of this run: "
+                        f"{', '.join(labels)})")
     if args.stream and (args.format != "text" or args.output):
         raise UserError("--stream: prints readable text to the terminal; drop --format jsonl "
                         "and --output, or drop --stream")
 
     from cln_textgen.generation.generator import TextGenerator
+    from cln_textgen.generation.request import checkpoint_step
 
-    generator = TextGenerator.from_run(args.run, args.checkpoint)
-    if args.stream:
-        labels = [generator.labels[i] for i in generator.label_ids(args.label)
-                  for _ in range(args.n)]
-        printer = OrderedStream(labels, args.prompt)
-        generator.generate(args.label, n=args.n, prompt=args.prompt, stream=printer, **options)
-        return 0
-    samples = generator.generate(args.label, n=args.n, prompt=args.prompt, **options)
+    generator = TextGenerator.from_run(args.run, args.checkpoint, label=args.label)
+    print(f"options: n={n} {table.describe(options)}", file=sys.stderr)
+    print(f"checkpoint: {generator.checkpoint} (step {checkpoint_step(generator.checkpoint)})",
+          file=sys.stderr)
+    unknown = generator.unknown_characters(args.prompt)
+    if unknown:
+        print(f"warning: prompt characters {' '.join(unknown)} are not in the run's "
+              "vocabulary; the model sees [UNK] there (the text keeps them)", file=sys.stderr)
+    overrides = {o.name: getattr(options, o.name) for o in table.OPTIONS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # said once above, in one line
+        if args.stream:
+            names = [generator.labels[i] for i in generator.label_ids(args.label)
+                     for _ in range(n)]
+            printer = OrderedStream(names, args.prompt)
+            generator.generate(args.label, n=n, prompt=args.prompt, stream=printer, **overrides)
+            return 0
+        samples = generator.generate(args.label, n=n, prompt=args.prompt, **overrides)
     if args.format == "jsonl":
-        text = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
+        made_with = generator.describe(options, n)
+        text = "".join(json.dumps({**s, **made_with}, ensure_ascii=False) + "\n"
+                       for s in samples)
     else:
         text = readable(samples)
     if args.output:

@@ -32,6 +32,7 @@ from cln_textgen.data.corpus import load_split
 from cln_textgen.errors import UserError
 from cln_textgen.evaluation.report import FIGURES, NGRAM, SELF_BLEU_N, write_report
 from cln_textgen.generation.generator import TextGenerator, resolve_checkpoint
+from cln_textgen.options import BY_NAME, resolve
 from cln_textgen.runs.folder import open_run
 from cln_textgen.training.step import make_scorer
 
@@ -42,12 +43,26 @@ class EvalSettings:
     classifier: str | None = None  # None: <run>-classifier
     baseline_run: str | None = None
     n: int = 100  # texts per label
-    seed: int = 0
     split: str = "test"  # where the real texts come from
     checkpoint: str = "best"
-    batch_size: int = 32
     samples: int = 5  # generated texts per label shown in report.md
-    options: dict = dataclasses.field(default_factory=dict)  # generation overrides
+    # Generation overrides of the run's generate: section; their seed also
+    # draws the real texts, their batch_size also bounds scoring.
+    options: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Checked:
+    """What :func:`_preflight` found: everything evaluate reads, checked."""
+    run: object  # RunDir
+    config: object
+    labels: list
+    checkpoint: str
+    split_path: str
+    classifier: ClassifierDir
+    baseline: object  # RunDir or None
+    notes: list
+    options: object  # the GenerationOptions in effect
 
 
 def _preflight(s):
@@ -96,17 +111,25 @@ def _preflight(s):
         if base_config.model.pretrained != config.model.pretrained:
             notes.append(f"the baseline started from {base_config.model.pretrained}, the run "
                          f"from {config.model.pretrained}")
-    return run, config, labels, checkpoint, split_path, folder, baseline, notes
+    # Evaluation samples: beams and greedy decoding give (nearly) one text.
+    options = resolve(config.generate, {**s.options, "num_beams": 1, "greedy": False},
+                      spell=lambda name: BY_NAME[name].flag)
+    return Checked(run, config, labels, checkpoint, split_path, folder, baseline, notes, options)
 
 
 def evaluate(s, say=print):
     """Run the whole evaluation; returns ``(report, folder)``."""
-    run, config, labels, checkpoint, split_path, folder, baseline, notes = _preflight(s)
+    checked = _preflight(s)
+    run, config, labels, checkpoint = (checked.run, checked.config, checked.labels,
+                                       checked.checkpoint)
+    folder, baseline, notes = checked.classifier, checked.baseline, checked.notes
 
     generator = TextGenerator.from_run(run.path, s.checkpoint)
-    options = generator.options(**s.options, num_beams=1, greedy=False)
+    options = checked.options
+    batch_size = options.batch_size
     say(f"generating {s.n} texts per label from {checkpoint}")
-    generated = _generate(generator, labels, s.n, s.batch_size, options)
+    generated = {label: [x["text"] for x in generator.generate(
+        label, n=s.n, **dataclasses.asdict(options))] for label in labels}
 
     tokenizer = generator.tokenizer
     splits = {}
@@ -116,7 +139,7 @@ def evaluate(s, say=print):
             splits[name] = load_split(name, getattr(config.data, name), config, tokenizer, labels)
         return splits[name]
 
-    real = _sample_real(split(s.split), tokenizer, labels, s.n, s.seed)
+    real = _sample_real(split(s.split), tokenizer, labels, s.n, options.seed)
     for label in labels:
         if len(real[label]) < s.n:
             notes.append(f"label {label}: only {len(real[label])} real texts in the {s.split} "
@@ -127,30 +150,31 @@ def evaluate(s, say=print):
 
     say(f"judging the label with the classifier in {folder.path}")
     judge = Classifier.load(folder.path)
-    _judge(judge, groups, labels, table, s.batch_size)
+    _judge(judge, groups, labels, table, batch_size)
     say("diversity, length and copies of training text")
     _text_figures(groups, [tokenizer.decode(ids) for ids in split("train").encoded.token_ids],
                   labels, table)
 
     say("perplexity" + (" (run and baseline)" if baseline else ""))
     real_splits = [name for name in ("valid", "test") if getattr(config.data, name)]
-    score = make_scorer(generator.model, tokenizer.pad_id, s.batch_size)
+    score = make_scorer(generator.model, tokenizer.pad_id, batch_size)
     perplexity = {"run": {name: _perplexities(score, split(name).encoded.token_ids,
                                               split(name).encoded.label_ids, labels)
                           for name in real_splits}, "baseline": None}
     if baseline is not None:
         perplexity["baseline"] = _baseline_perplexities(
-            baseline, s, config, labels, real_splits, groups, table)
+            baseline, s, config, labels, real_splits, groups, table, batch_size)
 
     report = {
         "run": str(run.path), "checkpoint": str(checkpoint),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "settings": {
-            "n_per_label": s.n, "seed": s.seed, "real_split": s.split,
-            "real_file": str(split_path), "batch_size": s.batch_size,
+            "n_per_label": s.n, "seed": options.seed, "real_split": s.split,
+            "real_file": str(checked.split_path), "batch_size": batch_size,
             "generation": dataclasses.asdict(options),
-            "generation_seeds": "batch i of every label uses SeedSequence([seed, i]); every "
-                                "label gets the same seeds",
+            "generation_seeds": "text i of every label draws from (seed, i), whatever the "
+                                "batch size: every label gets the same seeds; the seed "
+                                "also draws the real texts",
             "units": "CJK characters, words (letter/digit runs), punctuation marks",
             "ngram_n": NGRAM, "self_bleu_max_n": SELF_BLEU_N,
             "classifier": str(folder.path),
@@ -201,21 +225,6 @@ def _text_figures(groups, train_texts, labels, table):
             row["length_mean"], row["length_median"] = stats["mean"], stats["median"]
 
 
-def _generate(generator, labels, n, batch_size, options):
-    """``{label: [text]}``; batch i of every label draws from the same seed, so
-    differences between labels come from the label, not from the random numbers."""
-    out = {}
-    for label in labels:
-        texts = []
-        for i, start in enumerate(range(0, n, batch_size)):
-            seed = int(np.random.SeedSequence([options.seed, i]).generate_state(1)[0])
-            batch = dataclasses.replace(options, seed=seed)
-            texts += [x["text"] for x in generator.generate(
-                label, n=min(batch_size, n - start), **dataclasses.asdict(batch))]
-        out[label] = texts
-    return out
-
-
 def _sample_real(split, tokenizer, labels, n, seed):
     """Up to ``n`` pieces of each label, drawn without replacement, as text."""
     rng = np.random.default_rng(seed)
@@ -240,13 +249,13 @@ def _perplexities(score, token_ids, label_ids, labels):
     return out
 
 
-def _baseline_perplexities(baseline, s, config, labels, split_names, groups, table):
+def _baseline_perplexities(baseline, s, config, labels, split_names, groups, table, batch_size):
     """The baseline's perplexity on the real splits (returned) and on the
     generated and real texts of each label (written into ``table``)."""
     base_config = baseline.read_config()
     base = TextGenerator.from_run(baseline.path, s.checkpoint)
     tokenizer = base.tokenizer
-    score = make_scorer(base.model, tokenizer.pad_id, s.batch_size)
+    score = make_scorer(base.model, tokenizer.pad_id, batch_size)
     out = {}
     for name in split_names:  # the run's files, in the baseline's vocabulary
         e = load_split(name, getattr(config.data, name), config, tokenizer, labels).encoded

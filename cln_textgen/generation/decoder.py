@@ -27,6 +27,7 @@ import functools
 import numpy as np
 
 from cln_textgen.backend import tf
+from cln_textgen.generation.bounded import Bounded
 
 # Masked attention scores.  Finite on purpose: a pad column has no key to
 # attend to, and -inf there would give NaN states that 0 * NaN spreads into
@@ -78,11 +79,16 @@ class CachedDecoder:
     of a few seconds per batch shape.  The prompt pass is a plain
     ``tf.function``: it runs once per call and would otherwise compile once
     per prompt length.
+
+    Compiled functions belong to the instance and are keyed by the cache
+    shape ``(rows, length)`` they run on, so a call of one shape never reuses
+    a trace made for another; the most recent few shapes are kept.
     """
 
-    # Steps compiled together with a `then` function, kept for the most
-    # recent few such functions (generate() reuses its samplers).
-    _KEEP_STEPS = 8
+    # Cache shapes whose compiled functions are kept, and `then` functions
+    # (samplers' choices) per shape.
+    _KEEP_SHAPES = 6
+    _KEEP_STEPS = 4
 
     def __init__(self, model, jit_compile=True):
         layers = {layer.name: layer for layer in model.layers}
@@ -108,10 +114,17 @@ class CachedDecoder:
         self.heads, self.key_size, self.head_size = first.heads, first.key_size, first.head_size
         self.vocab_size = int(self.token_embeddings.shape[0])
         self.max_position = int(self.position_embeddings.shape[0])
-        self._prefill = tf.function(self._forward, reduce_retracing=True)
-        self._steps = {}
+        self._compiled = Bounded(self._KEEP_SHAPES)
         self._norms = tf.function(self._norm_offsets, reduce_retracing=True)
-        self._gather = tf.function(self._reorder, reduce_retracing=True)
+
+    def compiled(self, rows, length):
+        """The functions for a cache of ``(rows, length)``: the prompt pass
+        (any prompt length), the steps by ``then``, the beam reorder."""
+        def make():
+            return {"prefill": tf.function(self._forward, reduce_retracing=True),
+                    "gather": tf.function(self._reorder),
+                    "steps": Bounded(self._KEEP_STEPS)}
+        return self._compiled.get((rows, length), make)
 
     def start(self, prompts, label_ids, max_new_tokens):
         """Run ``prompts`` (lists of ids, ``[CLS]`` first) for rows labelled
@@ -130,8 +143,8 @@ class CachedDecoder:
                   for _ in range(self.num_layers)]
         labels = tf.constant(np.asarray(label_ids, np.int32).reshape(rows))
         state = DecodeState(keys, values, tf.constant(pads), self._norms(labels), 0)
-        logits = self._prefill(tf.constant(tokens), tf.constant(0), state.pads, state.norms,
-                               keys, values)
+        prefill = self.compiled(rows, length)["prefill"]
+        logits = prefill(tf.constant(tokens), tf.constant(0), state.pads, state.norms, keys, values)
         state.index = prompt_length
         return state, logits
 
@@ -146,20 +159,19 @@ class CachedDecoder:
         """
         if state.index >= state.length:
             raise ValueError("the cache is full: start() was given fewer max_new_tokens")
-        if then not in self._steps:
-            if len(self._steps) >= self._KEEP_STEPS:
-                self._steps.pop(next(iter(self._steps)))
-            self._steps[then] = tf.function(functools.partial(self._forward, then=then),
-                                            jit_compile=self.jit_compile)
+        compiled = self.compiled(int(state.keys[0].shape[0]), state.length)["steps"].get(
+            then, lambda: tf.function(functools.partial(self._forward, then=then),
+                                      jit_compile=self.jit_compile))
         tokens = tf.reshape(tf.cast(token_ids, tf.int32), (-1, 1))
-        out = self._steps[then](tokens, tf.constant(state.index, tf.int32), state.pads,
-                                state.norms, state.keys, state.values, *then_args)
+        out = compiled(tokens, tf.constant(state.index, tf.int32), state.pads,
+                       state.norms, state.keys, state.values, *then_args)
         state.index += 1
         return out
 
     def reorder(self, state, rows):
         """Make row ``i`` of the cache a copy of row ``rows[i]`` (beam search)."""
-        self._gather(tf.constant(np.asarray(rows, np.int32)), state.keys, state.values)
+        self.compiled(len(rows), state.length)["gather"](
+            tf.constant(np.asarray(rows, np.int32)), state.keys, state.values)
 
     def _norm_offsets(self, labels):
         cond = None

@@ -7,13 +7,19 @@
 >>> for sample in gen.generate("positive", n=3, seed=1, top_p=0.9):
 ...     print(sample["text"])
 
-Everything comes from the run folder: no pretrained BERT is needed.
+Everything comes from the run folder: no pretrained BERT is needed.  One
+generator may serve any number of calls, of any shapes and options, in any
+order: what it compiles is its own, bounded, and keyed by shape.
 """
 
-import dataclasses
+import warnings
+from pathlib import Path
 
+from cln_textgen import options as table
 from cln_textgen.errors import UserError
-from cln_textgen.generation.texts import GenerationOptions, generate
+from cln_textgen.generation.request import checkpoint_step, label_ids
+from cln_textgen.generation.texts import Decoding, generate
+from cln_textgen.options import GenerationOptions
 from cln_textgen.model.modeling import ModelConfig, build_model
 from cln_textgen.runs.folder import open_run
 from cln_textgen.model.tokenization import TextTokenizer
@@ -57,48 +63,80 @@ def load_model(run, checkpoint="best"):
 
 
 class TextGenerator:
-    """A trained conditional generator, loaded from its run folder."""
+    """A trained conditional generator, loaded from its run folder.
 
-    def __init__(self, model, tokenizer, labels, defaults=None, checkpoint=None):
+    It owns its decoder and samplers (see :class:`~cln_textgen.generation.texts.Decoding`),
+    so it can be kept open and called with any labels, prompts, counts and
+    options: the same call gives the same texts whatever came before.
+    """
+
+    def __init__(self, model, tokenizer, labels, defaults=None, checkpoint=None, run=None,
+                 jit_compile=True):
         self.model = model
         self.tokenizer = tokenizer
         self.labels = list(labels)
         self.defaults = defaults or GenerationOptions()
         self.checkpoint = checkpoint
+        self.run = run
+        self.decoding = Decoding(model, jit_compile=jit_compile)
 
     @classmethod
-    def from_run(cls, run_dir, checkpoint="best"):
+    def from_run(cls, run_dir, checkpoint="best", label=None):
+        """Load ``run_dir``.  ``label``, if given, is checked against the run's
+        labels first; it and the checkpoint are checked before the model is built."""
         run = open_run(run_dir)
         config = run.read_config()
+        labels = run.read_labels()
+        if label is not None:
+            label_ids(labels, label)
+        resolve_checkpoint(run, checkpoint)  # fails fast: building the model takes seconds
         model, _, path = load_model(run, checkpoint)
         tokenizer = TextTokenizer.from_file(run.vocab, config.model.lower_case)
-        defaults = GenerationOptions.from_config(config.generate)
-        return cls(model, tokenizer, run.read_labels(), defaults, path)
+        return cls(model, tokenizer, labels, config.generate, path, run.path)
 
     def label_ids(self, label):
         """Ids for ``label``: a name, a list of names, or ``"all"``."""
-        names = self.labels if label == "all" else [label] if isinstance(label, str) else list(label)
-        unknown = [name for name in names if name not in self.labels]
-        if unknown:
-            raise UserError(f"unknown label {unknown[0]!r}; valid labels: "
-                            f"{', '.join(self.labels)} (or 'all')")
-        return [self.labels.index(name) for name in names]
+        return label_ids(self.labels, label)
 
     def options(self, **overrides):
-        fields = {f.name for f in dataclasses.fields(GenerationOptions)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise TypeError(f"unknown generation option {unknown[0]!r}; known: {sorted(fields)}")
-        return dataclasses.replace(self.defaults, **overrides)
+        """The generator's defaults (the run's ``generate:`` section) with
+        ``overrides`` checked against the table of options."""
+        return table.resolve(self.defaults, overrides, unknown=TypeError)
 
-    def generate(self, label, n=1, prompt="", stream=None, **options):
+    def unknown_characters(self, prompt):
+        """Characters of ``prompt`` the vocabulary lacks (the model sees [UNK] for them)."""
+        return sorted({c for c in prompt if not c.isspace()
+                       and self.tokenizer.unk_id in self.tokenizer.encode(c)})
+
+    def describe(self, opts, n):
+        """What a result was made with: saved beside each text in JSONL."""
+        return {"options": {o.name: getattr(opts, o.name) for o in table.OPTIONS}, "n": n,
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "step": checkpoint_step(self.checkpoint),
+                "run": str(Path(self.run).resolve()) if self.run else None}
+
+    def generate(self, label, n=None, prompt="", stream=None, **options):
         """``n`` samples per label as dicts ``{label, text, prompt, seed}``.
 
-        ``stream(row, text_piece)``, if given, receives text as it is produced
-        (``row`` indexes the returned list; ``None`` ends a row).
+        ``n`` defaults by decoding mode: 1 greedy, ``num_beams`` with beam
+        search, otherwise 5.  ``text`` is ``prompt`` exactly as given, then
+        the continuation; a prompt with characters the vocabulary lacks gets
+        a warning (the model sees [UNK] there).  ``stream(row, text_piece)``,
+        if given, receives the continuation as it is produced (``row`` indexes
+        the returned list; ``None`` ends a row).
         """
         opts = self.options(**options)
-        out = generate(self.model, self.tokenizer, self.label_ids(label), n=n, prompt=prompt,
-                       options=opts, stream=stream)
+        n = table.default_n(opts) if n is None else n
+        problem = table.check_n(n, opts)
+        if problem:
+            raise UserError(problem)
+        ids = self.label_ids(label)
+        unknown = self.unknown_characters(prompt)
+        if unknown:
+            warnings.warn(f"prompt characters {' '.join(unknown)} are not in the run's "
+                          "vocabulary: the model sees [UNK] there (the text keeps them)",
+                          stacklevel=2)
+        out = generate(self.model, self.tokenizer, ids, n=n, prompt=prompt, options=opts,
+                       stream=stream, decoding=self.decoding)
         return [{"label": self.labels[g.label_id], "text": g.text, "prompt": prompt,
                  "seed": opts.seed} for g in out]

@@ -11,14 +11,21 @@ Samplers whose choice XLA compiles well (greedy, top-k: a draw among k
 values) run inside the decoder's compiled step; the others (a draw over, or
 a sort of, the whole vocabulary, which XLA on CPU does 4-10x slower than
 TensorFlow's kernels) in a ``tf.function`` of their own after it.
-Randomness is stateless: step ``s`` draws with the seed ``[seed, s]``, so the
-same seed and inputs give the same tokens.
+Randomness is stateless and per row: row ``r`` draws its step ``s`` from the
+seed ``(seed, r, s)``, whatever else is in the batch, so the same seed and
+inputs give the same tokens, and a request decoded in chunks gives what it
+gives in one batch.
 """
 
 import numpy as np
 
+from cln_textgen import options as table
 from cln_textgen.backend import tf
 from cln_textgen.generation.decoder import left_pad
+
+# Steps per row that the per-row seeds keep apart: (row, step) is folded into
+# one seed word as row * _STEPS + step.
+_STEPS = 2**20
 
 
 def apply_repetition_penalty(logits, history, length, penalty):
@@ -54,12 +61,22 @@ def _token_counts(logits, ids):
     return tf.scatter_nd(indices, tf.cast(valid, logits.dtype), tf.shape(logits))
 
 
-def gumbel_draw(logits, seed):
+def row_seeds(seed, row_ids, step):
+    """``(rows, 2)`` int64 stateless seeds of one step: ``(seed, row, step)`` per row."""
+    rows = np.asarray(row_ids, np.int64)
+    return np.stack([np.full_like(rows, seed), rows * _STEPS + step], axis=1)
+
+
+def gumbel_draw(logits, seeds):
     """One id per row drawn from ``softmax(logits)``, as the argmax of the
     logits plus Gumbel noise: exact, and 3x faster than ``tf.random.categorical``
-    on a 21k vocabulary, which XLA also cannot compile with a 64-bit seed."""
+    on a 21k vocabulary, which XLA also cannot compile with a 64-bit seed.
+    ``seeds``: ``(rows, 2)``, the row's own seed (see :func:`row_seeds`)."""
     tiny = np.finfo(np.float32).tiny
-    uniform = tf.random.stateless_uniform(tf.shape(logits), seed, minval=tiny, maxval=1.0)
+    width = logits.shape[-1]
+    uniform = tf.vectorized_map(
+        lambda seed: tf.random.stateless_uniform((width,), seed, minval=tiny, maxval=1.0),
+        seeds)
     return tf.argmax(logits - tf.math.log(-tf.math.log(uniform)), axis=-1, output_type=tf.int32)
 
 
@@ -73,12 +90,8 @@ class Sampler:
     in_step = False
 
     def __init__(self, temperature=1.0, repetition_penalty=1.0, no_repeat_ngram=0, seed=0):
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
-        if no_repeat_ngram < 0:
-            raise ValueError(f"no_repeat_ngram must be >= 0, got {no_repeat_ngram}")
+        _check(temperature=temperature, repetition_penalty=repetition_penalty,
+               no_repeat_ngram=no_repeat_ngram, seed=seed)
         self.temperature = float(temperature)
         self.repetition_penalty = float(repetition_penalty)
         self.no_repeat_ngram = int(no_repeat_ngram)
@@ -97,14 +110,15 @@ class Sampler:
 
     def get_next_token(self, logits, seed):
         """``(rows,)`` int32 ids chosen from processed ``(rows, vocab)`` logits;
-        ``seed`` is a ``(2,)`` integer tensor for stateless random ops."""
+        ``seed`` is a ``(rows, 2)`` integer tensor, each row's stateless seed."""
         raise NotImplementedError
 
     def _choose_in_step(self, logits, history, length, banned, seed):
         return self.get_next_token(self.process(logits, history, length, banned), seed)
 
     def __call__(self, decoder, prompts, label_ids, *, stop_id, banned_ids=(),
-                 max_new_tokens=64, min_new_tokens=0, num_return=1, on_token=None, seed=None):
+                 max_new_tokens=64, min_new_tokens=0, num_return=1, on_token=None, seed=None,
+                 row_ids=None):
         """Generate from each prompt (a list of ids) with its label.
 
         Returns ``len(prompts) * num_return`` lists of new ids (without the
@@ -112,10 +126,13 @@ class Sampler:
         id)`` is called with each new id as soon as it is chosen, then once
         with ``id=None`` when that row is done; ``row`` indexes the result.
         ``seed`` (default: the sampler's own) reaches the compiled step as a
-        tensor, so one sampler serves every seed without tracing again.
+        tensor, so one sampler serves every seed without tracing again;
+        ``row_ids`` (default 0, 1, ...) number the returned rows for their
+        seeds: a row draws the same tokens whatever other rows it is with.
         """
         seed = self.seed if seed is None else int(seed)
         prompts = [list(p) for p in prompts for _ in range(num_return)]
+        row_ids = np.arange(len(prompts)) if row_ids is None else np.asarray(row_ids)
         labels = [label for label in label_ids for _ in range(num_return)]
         if max_new_tokens <= 0:
             return [[] for _ in prompts]
@@ -126,7 +143,7 @@ class Sampler:
         generated = [[] for _ in prompts]
         for step in range(max_new_tokens):
             args = (tf.constant(history), tf.constant(start + step),
-                    masks[step < min_new_tokens], tf.constant([seed, step], tf.int64))
+                    masks[step < min_new_tokens], tf.constant(row_seeds(seed, row_ids, step)))
             if step == 0:
                 chosen = self._choose(logits, *args).numpy()
             else:
@@ -156,11 +173,25 @@ class Sampler:
 
 
 def _history(prompts, max_new_tokens):
-    """Every row's ids in cache-column order (-1: none yet), and the first new column."""
+    """Every row's ids in cache-column order (-1: none yet), and the first new column.
+    The width is rounded up as the cache's is, so that the compiled choice
+    sees few distinct shapes."""
     history, _ = left_pad(prompts, -1)
     start = history.shape[1]
-    history = np.concatenate([history, np.full((len(prompts), max_new_tokens), -1, np.int32)], 1)
+    width = -(-(start + max_new_tokens) // _WIDTH_BUCKET) * _WIDTH_BUCKET
+    history = np.concatenate([history, np.full((len(prompts), width - start), -1, np.int32)], 1)
     return history, start
+
+
+_WIDTH_BUCKET = 16
+
+
+def _check(**values):
+    """The table's rule for each option given (cln_textgen.options), as ValueError."""
+    for name, value in values.items():
+        broken = table.check(name, value)
+        if broken:
+            raise ValueError(f"{name} {broken}, got {value!r}")
 
 
 def _ban_masks(vocab_size, banned_ids, stop_id):
@@ -219,8 +250,7 @@ class TopPSampler(Sampler):
 
     def __init__(self, p=0.9, k=None, **kwargs):
         super().__init__(**kwargs)
-        if not 0 < p <= 1:
-            raise ValueError(f"top-p needs 0 < p <= 1, got {p}")
+        _check(top_p=p)
         self.p = float(p)
         self.k = None if k is None else int(k)
         self.in_step = k is not None  # without k, a full sort may be needed
@@ -263,8 +293,7 @@ class BeamSampler(Sampler):
 
     def __init__(self, num_beams=4, **kwargs):
         super().__init__(**kwargs)
-        if num_beams < 1:
-            raise ValueError(f"beam search needs num_beams >= 1, got {num_beams}")
+        _check(num_beams=num_beams)
         self.num_beams = int(num_beams)
         self._candidates = tf.function(self._candidates_impl)
 
@@ -277,8 +306,9 @@ class BeamSampler(Sampler):
         return tf.math.top_k(total, k=2 * self.num_beams)
 
     def __call__(self, decoder, prompts, label_ids, *, stop_id, banned_ids=(),
-                 max_new_tokens=64, min_new_tokens=0, num_return=1, on_token=None, seed=None):
-        del seed  # beam search draws nothing at random
+                 max_new_tokens=64, min_new_tokens=0, num_return=1, on_token=None, seed=None,
+                 row_ids=None):
+        del seed, row_ids  # beam search draws nothing at random
         beams = self.num_beams
         if num_return > beams:
             raise ValueError(f"beam search returns at most num_beams={beams} sequences, "

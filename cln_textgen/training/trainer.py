@@ -26,7 +26,7 @@ from cln_textgen.data import batching
 from cln_textgen.training import distribute
 from cln_textgen.backend import keras, tf
 from cln_textgen.errors import UserError
-from cln_textgen.generation.texts import GenerationOptions, generate
+from cln_textgen.generation.texts import Decoding, GenerationOptions, generate
 from cln_textgen.model.modeling import build_model
 from cln_textgen.training.log import RunLog
 from cln_textgen.runs.folder import RunDir, write_text_atomic
@@ -132,6 +132,7 @@ class Trainer:
         self.stepper = None  # the TrainStep, made by the first train_on
         self._score = make_scorer(self.model, self.pad_id, self.config.train.batch_size)
         self._sampler = None
+        self._decoding = None  # the sampling model's decoder, compiled once per trainer
         self.run_log = RunLog(self.run, enabled=self.chief)
 
     # ------------------------------------------------------------ setup
@@ -215,11 +216,13 @@ class Trainer:
         t, g = self.config.train, self.config.generate
         if not t.samples_per_label:
             return []
-        # Always sampled, never beam-searched: samples_per_label may exceed num_beams.
-        options = GenerationOptions.from_config(g, num_beams=1, seed=t.seed)
-        out = generate(self._sampling_model(), self.setup.tokenizer,
-                       list(range(len(self.setup.labels))), n=t.samples_per_label,
-                       options=options)
+        # Always sampled, never beam-searched or greedy: samples_per_label may exceed 1.
+        options = GenerationOptions.from_config(g, num_beams=1, greedy=False, seed=t.seed)
+        model = self._sampling_model()
+        if self._decoding is None or self._decoding.model is not model:
+            self._decoding = Decoding(model)
+        out = generate(model, self.setup.tokenizer, list(range(len(self.setup.labels))),
+                       n=t.samples_per_label, options=options, decoding=self._decoding)
         return [{"label": self.setup.labels[s.label_id], "text": s.text} for s in out]
 
     def _sampling_model(self):

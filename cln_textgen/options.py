@@ -1,0 +1,175 @@
+"""The one table of generation options.
+
+Every surface derives from :data:`OPTIONS`: the run config's ``generate:``
+section (:class:`GenerationOptions` is that section), the ``generate`` and
+``evaluate`` flags (:func:`add_flags`), the Python API
+(``TextGenerator.generate(**options)``, checked by :func:`resolve`) and the
+samplers' own checks (:func:`check`).  A new option is one more row here.
+
+Pure Python: the CLI builds its ``--help`` from this table without TensorFlow.
+"""
+
+import argparse
+import dataclasses
+import difflib
+import numbers
+
+from cln_textgen.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    name: str
+    type: type
+    default: object
+    valid: object  # value -> bool
+    rule: str  # what ``valid`` asks, as said after the option's name
+    help: str
+    # Whether ``evaluate`` offers it: evaluation always samples, since beams
+    # and greedy decoding return (nearly) one text, which no diversity figure judges.
+    evaluate: bool = True
+
+    @property
+    def flag(self):
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS = (
+    Option("max_new_tokens", int, 64, lambda v: v >= 1, "must be >= 1",
+           "length limit in tokens"),
+    Option("min_new_tokens", int, 0, lambda v: v >= 0, "must be >= 0",
+           "no end of text before this many tokens"),
+    Option("temperature", float, 1.0, lambda v: v > 0, "must be > 0",
+           "divide the logits by this (below 1: safer, above 1: more varied)"),
+    Option("top_k", int, 0, lambda v: v >= 0, "must be >= 0 (0: off)",
+           "sample from the k likeliest tokens (0: off)"),
+    Option("top_p", float, 1.0, lambda v: 0 < v <= 1, "must be in (0, 1]",
+           "nucleus sampling: the likeliest tokens holding this mass (1.0: off)"),
+    Option("repetition_penalty", float, 1.0, lambda v: v > 0, "must be > 0 (1.0: off)",
+           "CTRL-style penalty on tokens already present (1.0: off)"),
+    Option("no_repeat_ngram", int, 0, lambda v: v >= 0, "must be >= 0 (0: off)",
+           "forbid repeating n-grams of this size (0: off)"),
+    Option("num_beams", int, 1, lambda v: v >= 1, "must be >= 1",
+           "beam search with this many beams; returns up to that many texts per label",
+           evaluate=False),
+    Option("greedy", bool, False, lambda v: True, "",
+           "always take the likeliest token (one text per label)", evaluate=False),
+    Option("seed", int, 0, lambda v: 0 <= v < 2**31, "must be in [0, 2**31)",
+           "sample i of a call draws from (seed, i): same seed and options, same texts"),
+    Option("batch_size", int, 32, lambda v: v >= 1, "must be >= 1",
+           "rows decoded at once; bounds memory, not the results"),
+)
+
+BY_NAME = {option.name: option for option in OPTIONS}
+
+# Texts per label when -n is not given, by decoding mode (see default_n).
+SAMPLES_DEFAULT = 5
+
+
+def _make_options_class():
+    fields = [(o.name, o.type, dataclasses.field(default=o.default)) for o in OPTIONS]
+    return dataclasses.make_dataclass("GenerationOptions", fields, namespace={
+        "__doc__": "Decoding options: one field per row of cln_textgen.options.OPTIONS; "
+                   "also the run config's generate: section.",
+        "__module__": __name__,
+        "from_config": classmethod(lambda cls, section, **overrides:
+                                   dataclasses.replace(section, **overrides)),
+    })
+
+
+GenerationOptions = _make_options_class()
+
+
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number"}
+
+
+def check(name, value):
+    """The rule ``value`` breaks (text), or ``None``; the samplers' checks too."""
+    option = BY_NAME[name]
+    kinds = {bool: bool, int: numbers.Integral, float: numbers.Real}[option.type]
+    if not isinstance(value, kinds) or (option.type is not bool and isinstance(value, bool)):
+        return f"must be {_KIND_NAMES[option.type]}"
+    return None if option.valid(value) else option.rule
+
+
+def contradiction(options):
+    """The one-line reason ``options`` (a :class:`GenerationOptions`) contradict
+    each other, with the surface-neutral option names, or ``None``."""
+    if options.min_new_tokens > options.max_new_tokens:
+        return (f"min_new_tokens={options.min_new_tokens} is above max_new_tokens="
+                f"{options.max_new_tokens}; lower one or raise the other")
+    if options.greedy and options.num_beams > 1:
+        return (f"greedy and num_beams={options.num_beams} are two decoding modes; "
+                "choose one")
+    return None
+
+
+def default_n(options):
+    """Texts per label when the caller gives none: 1 greedy, num_beams for beam
+    search, otherwise :data:`SAMPLES_DEFAULT`."""
+    if options.greedy:
+        return 1
+    return options.num_beams if options.num_beams > 1 else SAMPLES_DEFAULT
+
+
+def check_n(n, options, name="n", repeats=False):
+    """The reason ``n`` texts per label cannot come from ``options``, or ``None``.
+    ``repeats``: allow greedy decoding to return its one text ``n`` times."""
+    if n < 1:
+        return f"{name}: must be at least 1, got {n}"
+    if options.greedy and n > 1 and not repeats:
+        return (f"{name}={n}: greedy decoding gives one text per label; drop {name} or "
+                "sample (without greedy)")
+    if options.num_beams > 1 and n > options.num_beams:
+        return (f"{name}={n}: beam search returns at most num_beams={options.num_beams} "
+                f"texts per label; raise num_beams or lower {name}")
+    return None
+
+
+def resolve(defaults, overrides, spell=lambda name: name, unknown=UserError):
+    """``defaults`` with ``overrides`` (``{name: value}``; ``None`` values are
+    unset) applied and checked.  ``spell(name)`` is how the surface names an
+    option in a message (``--top-p``, ``generate.top_p``, ``top_p=``);
+    ``unknown`` is the error class for a name the table lacks."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    for name in overrides:
+        if name not in BY_NAME:
+            close = difflib.get_close_matches(name, list(BY_NAME), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {sorted(BY_NAME)}"
+            raise unknown(f"unknown generation option {name!r}{hint}")
+    options = dataclasses.replace(defaults, **overrides)
+    for name in BY_NAME:
+        value = getattr(options, name)
+        broken = check(name, value)
+        if broken:
+            raise UserError(f"{spell(name)}: {broken}, got {value!r}")
+    problem = contradiction(options)
+    if problem:
+        raise UserError(problem)
+    return options
+
+
+def add_flags(parser, evaluate=False):
+    """One flag per option (those ``evaluate`` offers, with ``evaluate``); every
+    default is ``None``: an unset flag leaves the run's ``generate:`` value."""
+    for o in OPTIONS:
+        if evaluate and not o.evaluate:
+            continue
+        text = f"{o.help} (default: the run's generate.{o.name}; built in: {o.default})"
+        if o.type is bool:
+            parser.add_argument(o.flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=text)
+        else:
+            parser.add_argument(o.flag, type=o.type, default=None,
+                                metavar=o.name.split("_")[-1].upper(), help=text)
+
+
+def from_flags(args, evaluate=False):
+    """``{name: value}`` of the option flags set in parsed ``args``."""
+    return {o.name: getattr(args, o.name) for o in OPTIONS
+            if (o.evaluate or not evaluate) and getattr(args, o.name, None) is not None}
+
+
+def describe(options):
+    """``name=value`` of every option, one line (printed to stderr, saved in JSONL)."""
+    return " ".join(f"{o.name}={getattr(options, o.name)}" for o in OPTIONS)
