@@ -66,9 +66,10 @@ def run(args):
 
     generator = TextGenerator.from_run(args.run, args.checkpoint)
     service = GenerationService(generator, args.run, limits)
+    info = service.describe()
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    say(f"serving {args.run} (step {generator.step}, labels {', '.join(generator.labels)}) "
+    say(f"serving {args.run} (step {info['step']}, labels {', '.join(info['labels'])}) "
         f"on http://{shown}:{port}/")
     if args.host not in LOOPBACK:
         say("warning: no authentication; anyone who can reach this address can use the model")

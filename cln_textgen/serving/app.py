@@ -6,6 +6,7 @@ event loop, so health checks and label look-ups answer while a decode runs.
 """
 
 import asyncio
+import contextlib
 import json
 from importlib import resources
 
@@ -57,7 +58,7 @@ def build_app(service):
         try:
             future = service.submit(await parsed(request))
             return JSONResponse(await asyncio.wrap_future(future))
-        except RequestError as e:
+        except RequestError as e:  # from parsing, or found by the decoder
             return _error(e.status, str(e), e.field)
         except Busy as e:
             return _error(503, str(e))
@@ -86,15 +87,20 @@ def build_app(service):
             return _error(503, str(e))
         future.add_done_callback(
             lambda f: loop.call_soon_threadsafe(events.put_nowait, ("_done", f)))
+        # Wait for the first piece: an error found before decoding starts (a
+        # prompt too long for the model) is still an HTTP error, not an event.
+        first = await events.get()
+        if first[0] == "_done" and isinstance(first[1].exception(), RequestError):
+            e = first[1].exception()
+            return _error(e.status, str(e), e.field)
 
         async def stream():
             nonlocal gone
+            name, data = first
             try:
-                while True:
-                    name, data = await events.get()
-                    if name == "_done":
-                        break
+                while name != "_done":
                     yield _sse(name, data)
+                    name, data = await events.get()
                 try:
                     yield _sse("done", data.result())
                 except Cancelled:
@@ -107,13 +113,18 @@ def build_app(service):
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        yield
+        service.close()
+
     app = Starlette(routes=[
         Route("/", index),
         Route("/health", health),
         Route("/v1/labels", labels),
         Route("/v1/generate", generate, methods=["POST"]),
         Route("/v1/generate/stream", generate_stream, methods=["POST"]),
-    ], on_shutdown=[service.close], exception_handlers={HTTPException: _http_error, 500: _server_error})
+    ], lifespan=lifespan, exception_handlers={HTTPException: _http_error, 500: _server_error})
     return app
 
 

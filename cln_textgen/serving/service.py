@@ -11,6 +11,8 @@ import concurrent.futures
 import dataclasses
 import threading
 
+from cln_textgen.errors import UserError
+from cln_textgen.generation.request import checkpoint_step
 from cln_textgen.serving.requests import RequestError, parse_request
 
 
@@ -50,7 +52,7 @@ class GenerationService:
     def describe(self):
         g = self.generator
         return {"labels": list(g.labels), "run": self.run_path, "checkpoint": str(g.checkpoint),
-                "step": g.step, "defaults": dataclasses.asdict(g.defaults),
+                "step": checkpoint_step(g.checkpoint), "defaults": dataclasses.asdict(g.defaults),
                 "limits": dataclasses.asdict(self.limits)}
 
     def parse(self, body):
@@ -89,7 +91,8 @@ class GenerationService:
         cancelled = cancelled or (lambda: False)
         if cancelled():
             raise Cancelled
-        labels = [self.generator.labels[i] for i in request.label_ids for _ in range(request.n)]
+        g = self.generator
+        labels = [g.labels[i] for i in g.label_ids(request.label) for _ in range(request.n)]
 
         def stream(row, piece):
             if cancelled():
@@ -97,16 +100,14 @@ class GenerationService:
             if on_piece:
                 on_piece(row, labels[row], piece)
 
-        texts = self.generator.generate(request.label, n=request.n, prompt=request.prompt,
-                                        stream=stream, **request.options)
-        return self.result(request, texts)
-
-    def result(self, request, texts):
-        g = self.generator
-        options = dataclasses.asdict(g.options(**request.options))
+        try:
+            texts = g.generate(request.label, n=request.n, prompt=request.prompt,
+                               stream=stream, **request.options)
+        except UserError as e:  # what only the decoder can tell: the prompt is too long
+            raise RequestError(None, str(e)) from None
         return {"texts": [{"label": t["label"], "text": t["text"]} for t in texts],
-                "prompt": request.prompt, "n": request.n, "options": options,
-                "run": self.run_path, "checkpoint": str(g.checkpoint), "step": g.step}
+                "prompt": request.prompt,
+                **g.describe(g.options(**request.options), request.n), "run": self.run_path}
 
     def close(self):
         self._worker.shutdown(wait=False, cancel_futures=True)
