@@ -28,7 +28,8 @@ ALLOWED = {
     "generation": BASE,
     "training": BASE | {"generation"},  # samples at each evaluation
     "evaluation": BASE | {"generation", "training"},  # the scorer, the planned steps
-    "commands": BASE | {"generation", "training", "evaluation"},
+    "serving": BASE | {"generation"},  # HTTP in front of a loaded generator
+    "commands": BASE | {"generation", "training", "evaluation", "serving"},
     "cli": {"root", "errors", "commands"},
     "__main__": {"cli"},
     "root": set(),
