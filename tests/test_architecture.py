@@ -17,7 +17,7 @@ BASE = {"model", "data", "runs"} | BOTTOM
 # What each part of the package may import besides itself.  "root" is
 # cln_textgen/__init__.py (its public names load lazily, by name, not by import).
 ALLOWED = {
-    "backend": set(),
+    "backend": {"errors"},  # a missing package is a UserError
     "errors": set(),
     "config": {"errors"},
     "options": {"errors"},
