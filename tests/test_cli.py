@@ -150,17 +150,21 @@ def test_runs_and_show(trained_run, capsys, tmp_path):
         os.utime(path, (old, old))
     assert main(["runs", str(tmp_path / "runs")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:4] == ["run", "step", "epoch", "status"]
+    assert lines[0].split()[:4] == ["run", "step", "epochs", "status"]
     done, half = lines[1].split(), lines[2].split()
     assert done[1:4] == ["20", "2/2", "complete"] and half[1:4] == ["15", "1/2", "stopped"]
     assert float(done[4]) > 1 and "0," in done and "1" in done
 
     assert main(["show", "--run", str(trained_run)]) == 0
     out = capsys.readouterr().out
-    assert "labels: 0, 1" in out and f"resume: cln-textgen train --config {trained_run}" in out
+    assert "labels: 0, 1" in out
+    assert f"resume: cln-textgen train --config {trained_run}/config.yaml\n" in out
     assert "latest step      20  valid loss" in out and "best   step" in out
     assert "generate:\n  max_new_tokens: 12" in out  # the merged config
     assert main(["runs", str(tmp_path / "none")]) == 2
+    capsys.readouterr()
+    assert main(["show", "--run", str(stopped)]) == 0  # a moved run resumes where it is now
+    assert f"--config {stopped}/config.yaml --set run_dir={stopped}\n" in capsys.readouterr().out
 
 
 def test_train_print_config(trained_run, capsys):

@@ -44,6 +44,8 @@ def test_report_files_and_settings(evaluated):
     s = report["settings"]
     assert (s["n_per_label"], s["seed"], s["real_split"]) == (6, 1, "valid")
     assert s["generation"]["max_new_tokens"] == 8 and s["generation"]["num_beams"] == 1
+    # --seed seeds the generations, --batch-size their chunks and the scoring
+    assert s["generation"]["seed"] == 1 and s["generation"]["batch_size"] == s["batch_size"] == 4
     assert s["baseline_run"] == str(base) and report["checkpoint"].endswith("ckpt-20")
     generations = [json.loads(x) for x in (folder / "generations.jsonl").read_text().splitlines()]
     assert [g["label"] for g in generations] == ["0"] * 6 + ["1"] * 6
@@ -178,9 +180,9 @@ def test_classifier_user_errors(trained_run, tmp_path, capsys):
 def test_classifier_learns_a_separable_task(tmp_path, capsys):
     """Labels that any working classifier tells apart: texts of one set of
     characters or of another.  A broken head, loader or loop stays near 50 %."""
-    config = write_tiny_task(tmp_path)
-    rng = random.Random(0)
     sets = {"neg": "差烂糟坏慢贵", "pos": "好棒喜欢赞爱"}
+    config = write_tiny_task(tmp_path, extra_chars="".join(sets.values()))
+    rng = random.Random(0)
     for name, count in (("train", 96), ("valid", 20), ("test", 20)):
         lines = []
         for i in range(count):

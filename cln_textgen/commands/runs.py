@@ -6,7 +6,7 @@ from cln_textgen.errors import UserError
 def register(sub):
     p = sub.add_parser("runs", help="list the runs under a folder: step, status, best perplexity",
                        description="A table of the run folders at or under DIR: step of the "
-                                   "latest checkpoint, epoch, status (running: the log changed "
+                                   "latest checkpoint, epochs done, status (running: the log changed "
                                    "in the last 10 minutes), best valid perplexity, labels and "
                                    "last change.")
     p.add_argument("dir", nargs="?", default="runs", metavar="DIR",
@@ -25,7 +25,7 @@ def run(args):
     if not rows:
         print(f"no runs under {args.dir}")
         return 0
-    header = ("run", "step", "epoch", "status", "best ppl", "labels", "last change")
+    header = ("run", "step", "epochs", "status", "best ppl", "labels", "last change")
     table = [header] + [(
         r["run"], str(r["step"]), f"{r['epoch']}/{r['epochs']}", r["status"],
         "-" if r["best_valid_ppl"] is None else f"{r['best_valid_ppl']:.2f}",

@@ -1,6 +1,7 @@
 """``cln-textgen show``: what one run is, from its folder."""
 
 import json
+from pathlib import Path
 
 
 def register(sub):
@@ -18,7 +19,7 @@ def run(args):
 
     run_dir = open_run(args.run)
     s = summary(run_dir)
-    print(f"run: {run_dir.path} ({s['status']}; step {s['step']}, epoch "
+    print(f"run: {run_dir.path} ({s['status']}; step {s['step']}, epochs done "
           f"{s['epoch']}/{s['epochs']}, last change {s['changed']})")
     print(f"labels: {', '.join(s['labels'])}")
     losses = {e["step"]: e["valid_loss"] for e in read_events(run_dir)
@@ -38,7 +39,10 @@ def run(args):
             except ValueError:
                 pass
             print(f"{name}: {text}")
-    print(f"resume: cln-textgen train --config {run_dir.config}")
+    resume = f"cln-textgen train --config {run_dir.config}"
+    if Path(run_dir.read_config().run_dir).resolve() != run_dir.path.resolve():
+        resume += f" --set run_dir={run_dir.path}"  # the folder was moved since
+    print(f"resume: {resume}")
     print(f"config ({run_dir.config}):")
     print(run_dir.config.read_text(encoding="utf-8").rstrip())
     return 0

@@ -21,7 +21,7 @@ import numpy as np
 
 from cln_textgen import options as table
 from cln_textgen.backend import tf
-from cln_textgen.generation.decoder import left_pad
+from cln_textgen.generation.decoder import _LENGTH_BUCKET, left_pad
 
 # Steps per row that the per-row seeds keep apart: (row, step) is folded into
 # one seed word as row * _STEPS + step.
@@ -178,12 +178,9 @@ def _history(prompts, max_new_tokens):
     sees few distinct shapes."""
     history, _ = left_pad(prompts, -1)
     start = history.shape[1]
-    width = -(-(start + max_new_tokens) // _WIDTH_BUCKET) * _WIDTH_BUCKET
+    width = -(-(start + max_new_tokens) // _LENGTH_BUCKET) * _LENGTH_BUCKET
     history = np.concatenate([history, np.full((len(prompts), width - start), -1, np.int32)], 1)
     return history, start
-
-
-_WIDTH_BUCKET = 16
 
 
 def _check(**values):
