@@ -192,7 +192,7 @@ def test_classifier_learns_a_separable_task(tmp_path, capsys):
         (tmp_path / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert main(["classifier", "train", "--config", str(config),
                  "--set", f"data.test={tmp_path / 'test.tsv'}", "--set", "classifier.epochs=3",
-                 "--set", "classifier.learning_rate=0.001", "--set", "train.warmup_ratio=0",
+                 "--set", "classifier.learning_rate=0.003", "--set", "train.warmup_ratio=0",
                  "--no-progress"]) == 0
     folder = tmp_path / "run-classifier"
     report = json.loads((folder / "report.json").read_text())
@@ -206,7 +206,7 @@ def test_classifier_learns_a_separable_task(tmp_path, capsys):
         done.unlink()
     assert main(["classifier", "train", "--config", str(config), "--no-progress",
                  "--set", f"data.test={tmp_path / 'test.tsv'}", "--set", "classifier.epochs=3",
-                 "--set", "classifier.learning_rate=0.001", "--set", "train.warmup_ratio=0"]) == 0
+                 "--set", "classifier.learning_rate=0.003", "--set", "train.warmup_ratio=0"]) == 0
     again = json.loads((folder / "report.json").read_text())
     assert "resuming from" in capsys.readouterr().out
     assert (again["steps"], again["kept_step"], again["test"]) == (
