@@ -58,8 +58,7 @@ def run_train(args):
     test = report["test"]
     per_label = ", ".join(f"{k} {v:.4f}" for k, v in test["per_label"].items() if v is not None)
     say(f"test accuracy {test['micro']:.4f}, macro {test['macro']:.4f} ({per_label}) on "
-        f"{test['examples']} examples; kept epoch {report['kept_epoch']} (step "
-        f"{report['kept_step']}), "
+        f"{test['examples']} examples; kept the checkpoint of step {report['kept_step']}, "
         f"{report['steps']} steps in {report['seconds'] / 60:.1f} min")
     say(f"saved to {out}; evaluate a run with: cln-textgen evaluate --run {config.run_dir}"
         + (f" --classifier {out}" if args.out else ""))
