@@ -1,5 +1,7 @@
 """One module per ``cln-textgen`` subcommand (see :mod:`cln_textgen.cli`)."""
 
+import sys
+
 
 def add_config_args(parser):
     parser.add_argument("--config", "-c", metavar="FILE", help="YAML config (see configs/)")
@@ -10,3 +12,16 @@ def add_config_args(parser):
 
 def say(text=""):
     print(text, flush=True)
+
+
+def training_stopped(error, command, report=say):
+    """Exit code of a training that stopped early (a ``TrainingInterrupted`` or
+    ``TrainingDiverged`` of the trainer), after saying why: 130 for Ctrl-C (a
+    checkpoint is kept and the same command resumes), 1 for a diverged loss."""
+    from cln_textgen.training.trainer import TrainingInterrupted
+
+    if isinstance(error, TrainingInterrupted):
+        report(str(error))
+        return 130
+    print(f"cln-textgen {command}: error: {error}", file=sys.stderr)
+    return 1

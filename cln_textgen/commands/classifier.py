@@ -1,8 +1,6 @@
 """``cln-textgen classifier train``: the independent judge that ``evaluate`` uses."""
 
-import sys
-
-from cln_textgen.commands import add_config_args, say
+from cln_textgen.commands import add_config_args, say, training_stopped
 from cln_textgen.errors import UserError
 
 
@@ -49,17 +47,12 @@ def run_train(args):
     say(f"classifier folder: {out}")
     try:
         report = train_classifier(config, out, say=say, progress=not args.no_progress)
-    except TrainingInterrupted as e:
-        say(str(e))
-        return 130
-    except TrainingDiverged as e:
-        print(f"cln-textgen classifier train: error: {e}", file=sys.stderr)
-        return 1
+    except (TrainingInterrupted, TrainingDiverged) as e:
+        return training_stopped(e, "classifier train")
     test = report["test"]
     per_label = ", ".join(f"{k} {v:.4f}" for k, v in test["per_label"].items() if v is not None)
     say(f"test accuracy {test['micro']:.4f}, macro {test['macro']:.4f} ({per_label}) on "
-        f"{test['examples']} examples; kept epoch {report['kept_epoch']} (step "
-        f"{report['kept_step']}), "
+        f"{test['examples']} examples; kept the checkpoint of step {report['kept_step']}, "
         f"{report['steps']} steps in {report['seconds'] / 60:.1f} min")
     say(f"saved to {out}; evaluate a run with: cln-textgen evaluate --run {config.run_dir}"
         + (f" --classifier {out}" if args.out else ""))

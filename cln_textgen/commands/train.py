@@ -1,9 +1,8 @@
 """``cln-textgen train``: train a run from a config, or resume it."""
 
-import sys
 import time
 
-from cln_textgen.commands import add_config_args, say
+from cln_textgen.commands import add_config_args, say, training_stopped
 from cln_textgen.errors import UserError
 
 
@@ -63,12 +62,8 @@ def run(args):
         report(setup.describe_warm_start())
     try:
         status = trainer.fit(stop_at_step=args.stop_at_step)
-    except TrainingInterrupted as e:
-        report(str(e))
-        return 130
-    except TrainingDiverged as e:
-        print(f"cln-textgen train: error: {e}", file=sys.stderr)
-        return 1
+    except (TrainingInterrupted, TrainingDiverged) as e:
+        return training_stopped(e, "train", report)
     finally:
         if chief and run_dir.metrics.is_file():
             plot_losses(run_dir.metrics, run_dir.plot, title=str(run_dir.path))

@@ -189,7 +189,9 @@ class Trainer:
                    for indices in group]
         total = sum(self.setup.count_targets(tokens) for tokens, _ in batches)
         loss, norm = self.stepper(batches, total)
-        return loss, total, norm
+        # The loss terms are tokens for the LM but texts for the classifier: count tokens.
+        real = sum(batching.real_targets(tokens, self.pad_id) for tokens, _ in batches)
+        return loss, real, norm
 
     # ------------------------------------------------------------ evaluation
 
