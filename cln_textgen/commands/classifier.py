@@ -38,10 +38,17 @@ def run_train(args):
     config = load_config(args.config, args.overrides)
 
     from cln_textgen.evaluation.classifier import default_dir, train_classifier
+    from cln_textgen.runs.lock import lock_folder
 
     out = args.out or default_dir(config.run_dir)
     say(f"classifier folder: {out}")
-    report = train_classifier(config, out, say=say, progress=not args.no_progress)
+    lock = lock_folder(out, "this classifier")  # one writer at a time
+    try:
+        report = train_classifier(config, out, say=say, progress=not args.no_progress)
+    except BaseException:
+        lock.release(remove_created=True)
+        raise
+    lock.release()
     test = report["test"]
     per_label = ", ".join(f"{k} {v:.4f}" for k, v in test["per_label"].items() if v is not None)
     say(f"test accuracy {test['micro']:.4f}, macro {test['macro']:.4f} ({per_label}) on "

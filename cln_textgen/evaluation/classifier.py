@@ -36,9 +36,11 @@ from cln_textgen.evaluation.metrics import label_accuracy
 from cln_textgen.model.modeling import activation, load_bert_weights
 from cln_textgen.model.pretrained import open_pretrained
 from cln_textgen.runs.folder import write_text_atomic
+from cln_textgen.runs.lock import LOCK_NAME
 from cln_textgen.training.start import check_max_length, model_config_for
 from cln_textgen.model.tokenization import TextTokenizer, read_vocab, write_vocab
-from cln_textgen.training.trainer import NO_DECAY, WarmupLinearDecay
+from cln_textgen.training.schedule import WarmupLinearDecay
+from cln_textgen.training.trainer import NO_DECAY
 
 
 @dataclasses.dataclass
@@ -199,7 +201,7 @@ def train_classifier(config, out, say=print, progress=True):
     """Fine-tune on ``data.train``, keep the epoch best on ``data.valid`` (if any),
     test on ``data.test``, save into ``out``; returns the report dict."""
     folder = ClassifierDir(out)
-    if folder.path.exists() and any(folder.path.iterdir()):
+    if folder.path.exists() and any(p.name != LOCK_NAME for p in folder.path.iterdir()):
         raise UserError(f"{folder.path}: already exists and is not empty; delete it or pass "
                         "--out DIR for the new classifier")
     if not config.data.test:
