@@ -169,28 +169,6 @@ def test_raising_the_total_continues_the_learning_rate(tmp_path):
     assert max(abs(rate[s + 1] - rate[s]) for s in range(6, 11)) < 0.0012  # no jump
 
 
-def test_a_run_stopped_by_patience_is_complete(tmp_path, capsys, monkeypatch):
-    from cln_textgen.training import trainer as training
-
-    config = write_tiny_task(tmp_path / "task", train_lines=48)
-    losses = iter([2.0, 2.5, 3.0, 3.5])
-    original = training.Trainer.evaluate
-
-    def worsening(self, split):
-        result = original(self, split)
-        result.loss = next(losses)
-        return result
-
-    monkeypatch.setattr(training.Trainer, "evaluate", worsening)
-    args = ["train", "--config", str(config), "--no-progress", "--set", "train.epochs=4",
-            "--set", "train.patience=1"]
-    assert main(args) == 0
-    capsys.readouterr()
-    assert main(args) == 0
-    assert "this run is complete (6 steps): early stopping" in capsys.readouterr().out
-    assert steps(tmp_path / "task" / "run", "eval") == [3, 6]
-
-
 @pytest.mark.parametrize("edit,message", [
     (lambda run: (run / "labels.json").write_text('["0", "1", "2"]'),
      "labels.json: changed since the run wrote it"),
@@ -304,32 +282,13 @@ def test_a_failing_plot_never_fails_the_run(trained_run, tmp_path, capsys, monke
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_and_exits_143(tmp_path):
-    config = write_tiny_task(tmp_path / "task")
-    run = tmp_path / "task" / "run"
-    args = [sys.executable, "-m", "cln_textgen", "train", "--config", str(config), "--no-progress",
-            "--set", "train.epochs=3"]
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    deadline = time.time() + 300
-    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=300)
-    assert process.returncode == 143, err
-    assert "SIGTERM: interrupted at step" in out and "Traceback" not in err
-    stopped = int(out.split("interrupted at step ")[1].split(";")[0])
-    assert f'model_checkpoint_path: "ckpt-{stopped}"' in (run / "checkpoints" / "checkpoint").read_text()
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_before_training_prints_no_traceback(tmp_path, signum):
     config = write_tiny_task(tmp_path / "task")
     args = [sys.executable, "-m", "cln_textgen", "train", "--config", str(config), "--no-progress"]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    time.sleep(1.5)  # importing TensorFlow
+    time.sleep(2.5)  # importing TensorFlow
     process.send_signal(signum)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, err

@@ -49,7 +49,6 @@ def _train(args, setup, chief, report, started):
     from cln_textgen.training.trainer import (SaveFailed, Trainer, TrainingDiverged,
                                               TrainingInterrupted)
 
-    config = setup.config
     run_dir = setup.run
     if setup.moved_to:
         report(f"--fresh: moved the previous folder to {setup.moved_to}")

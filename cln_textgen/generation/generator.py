@@ -16,7 +16,7 @@ from pathlib import Path
 from cln_textgen.errors import UserError
 from cln_textgen.generation.texts import GenerationOptions, generate
 from cln_textgen.model.modeling import build_model
-from cln_textgen.runs.checkpoints import listed, unreadable_reason
+from cln_textgen.runs.checkpoints import none_readable, unreadable_reason
 from cln_textgen.runs.folder import open_run
 from cln_textgen.model.tokenization import TextTokenizer
 
@@ -43,9 +43,8 @@ def resolve_checkpoint(run, which="best"):
                             "'best', 'latest' or another checkpoint")
     if path is None:
         if run.has_checkpoints():
-            names = ", ".join(Path(p).name for p in listed(run.checkpoints)) or "none listed"
-            raise UserError(f"{run.checkpoints}: no checkpoint reads back (checkpoint files: "
-                            f"{names}); restore them from a backup, or train the run again")
+            raise none_readable(run.checkpoints, "restore them from a backup, or train the run "
+                                                 "again with --fresh")
         raise UserError(f"{run.checkpoints}: no checkpoints yet; train the run first "
                         f"(cln-textgen train --config {run.config})")
     return path

@@ -125,10 +125,13 @@ def require_readable(directory, fix):
     folder has checkpoint files and none of them reads back."""
     prefix = newest_readable(directory)
     if prefix is None:
-        names = ", ".join(Path(p).name for p in listed(directory)) or "none listed"
-        raise UserError(f"{directory}: no checkpoint reads back (checkpoint files: {names}); "
-                        f"{fix}")
+        raise none_readable(directory, fix)
     return prefix
+
+
+def none_readable(directory, fix):
+    names = ", ".join(Path(p).name for p in listed(directory)) or "none listed"
+    return UserError(f"{directory}: no checkpoint reads back (checkpoint files: {names}); {fix}")
 
 
 def repair_pointer(directory, current):

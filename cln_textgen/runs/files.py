@@ -6,18 +6,23 @@ import tempfile
 from pathlib import Path
 
 
-def fsync_dir(path):
-    """Make a rename or a new file in ``path`` survive a power cut."""
+def _fsync(path):
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return
+        return False  # gone already (a rotated checkpoint): nothing to sync
     try:
         os.fsync(fd)
     except OSError:
         pass  # some file systems cannot sync a directory; nothing to do there
     finally:
         os.close(fd)
+    return True
+
+
+def fsync_dir(path):
+    """Make a rename or a new file in ``path`` survive a power cut."""
+    _fsync(path)
 
 
 def write_bytes_atomic(path, data, fsync=True):
@@ -51,16 +56,6 @@ def write_text_atomic(path, text, fsync=True):
 
 def fsync_files(paths):
     """fsync files another library wrote (TensorFlow does not sync its checkpoints)."""
-    folders = set()
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        folders.add(Path(path).parent)
+    folders = {Path(path).parent for path in paths if _fsync(path)}
     for folder in folders:
         fsync_dir(folder)
