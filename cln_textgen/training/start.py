@@ -30,6 +30,7 @@ from cln_textgen.runs.fingerprint import DATA_NAME, check_data_unchanged, split_
 from cln_textgen.runs.folder import SETUP_FILES, RunDir, check_resume_compatible, write_text_atomic
 from cln_textgen.runs.lock import LOCK_NAME, lock_folder
 from cln_textgen.runs.manifest import write_manifest
+from cln_textgen.training.distribute import chief_by_tf_config
 
 # What a run writes before its first checkpoint besides SETUP_FILES: such a
 # folder is a run that died early, not someone else's folder.
@@ -86,13 +87,16 @@ def model_config_for(bert_config, config, num_labels, vocab_size):
     )
 
 
-def start_run(config, source, writes=True, fresh=False):
+def start_run(config, source, writes=None, fresh=False):
     """Open ``config.run_dir`` for training: resume it or set up a new run.
 
     ``writes=False`` (the non-chief workers of a multi-worker run) prepares the
     same setup without touching the folder, which the chief alone writes (and
-    locks).  ``fresh`` moves a used folder aside first.
+    locks); ``None`` decides by the same rule.  ``fresh`` moves a used folder
+    aside first.
     """
+    if writes is None:
+        writes = chief_by_tf_config(config.train.distribute)
     run = RunDir(config.run_dir)
     if not writes:
         return _open(run, config, source, writes=False)
