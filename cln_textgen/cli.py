@@ -34,8 +34,14 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from cln_textgen.training.interrupts import exit_code, terminate_as_interrupt
+
+    terminate_as_interrupt()  # SIGTERM (job schedulers) behaves as Ctrl-C
     try:
         return args.func(args) or 0
     except UserError as e:
         print(f"cln-textgen {args.command}: error: {e}", file=sys.stderr)
         return UserError.exit_code
+    except KeyboardInterrupt as e:  # before or after training: nothing to save, no traceback
+        print(f"cln-textgen {args.command}: interrupted", file=sys.stderr)
+        return exit_code(e)

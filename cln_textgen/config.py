@@ -100,7 +100,7 @@ class Config:
 
         def choice(key, value, options):
             if value not in options:
-                fail(key, f"{value!r} is not one of {', '.join(options)}")
+                fail(key, f"{short(value)} is not one of {', '.join(options)}")
 
         def positive(key, value, allow_none=False):
             if value is None and allow_none:
@@ -219,13 +219,13 @@ def _set(obj, dotted, value, where):
         fields = _fields(type(obj))
         if part not in fields or not dataclasses.is_dataclass(getattr(obj, part)):
             sections = [n for n, f in fields.items() if dataclasses.is_dataclass(getattr(obj, n))]
-            raise UserError(f"{where}: unknown section {prefix + part!r}"
-                            + _suggest(part, [prefix + s for s in sections]))
+            raise UserError(f"{where}: unknown section {short(prefix + part)}"
+                            + _suggest(part[:100], [prefix + s for s in sections]))
         obj, prefix = getattr(obj, part), prefix + part + "."
     fields = _fields(type(obj))
     if last not in fields:
-        raise UserError(f"{where}: unknown key {prefix + last!r}"
-                        + _suggest(prefix + last, [prefix + n for n in fields]))
+        raise UserError(f"{where}: unknown key {short(prefix + last)}"
+                        + _suggest((prefix + last)[:100], [prefix + n for n in fields]))
     current = getattr(obj, last)
     if dataclasses.is_dataclass(current):
         if not isinstance(value, dict):
@@ -237,24 +237,77 @@ def _set(obj, dotted, value, where):
     try:
         setattr(obj, last, _coerce(value, tp))
     except TypeError:
-        raise UserError(f"{where}: {prefix + last} must be {_type_name(tp)}, got {value!r}") from None
+        raise UserError(f"{where}: {prefix + last} must be {_type_name(tp)}, got {short(value)}") from None
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that records the line of every mapping key path."""
+# A config is a few dozen keys.  Aliases are refused outright: a few lines of
+# nested aliases expand to gigabytes ("billion laughs") and a recursive one
+# never ends; the node limit bounds the memory of everything else.
+MAX_YAML_NODES = 10_000
+MAX_YAML_BYTES = 1 << 20
+
+
+def short(value, limit=80, quote=True):
+    """``repr(value)`` (or the text itself, ``quote=False``) on one line and cut
+    to ``limit`` characters, for messages: a value may be a megabyte long."""
+    text = repr(value) if quote else str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases and documents of more than MAX_YAML_NODES nodes."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._nodes = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not allowed; write the value out",
+                event.start_mark)
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"more than {MAX_YAML_NODES} values; a config is much smaller",
+                self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def _yaml_error(e, source):
+    mark = getattr(e, "problem_mark", None)
+    line = f":{mark.line + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or str(e)
+    return UserError(f"{source}{line}: invalid YAML ({short(problem, 200, quote=False)})")
+
+
+def _compose(text, source):
+    """The YAML node tree and its Python value, or one-line errors."""
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError(f"{source}: {len(text)} characters; a config is much smaller (is this "
+                        "the right file?)")
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        raise _yaml_error(e, source) from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply; a config is a few levels deep") from None
+    finally:
+        loader.dispose()
+    return node, data
+
+
+def yaml_data(text, source):
+    """Safe, bounded YAML loading for everything the project reads as YAML."""
+    return _compose(text, source)[1]
 
 
 def _load_yaml_with_lines(text, path):
-    loader = _LineLoader(text)
-    try:
-        node = loader.get_single_node()
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise UserError(f"{path}{line}: invalid YAML ({problem})") from None
-    finally:
-        loader.dispose()
+    node, data = _compose(text, path)
     if node is None:
         return {}, {}
     if not isinstance(node, yaml.MappingNode):
@@ -269,7 +322,6 @@ def _load_yaml_with_lines(text, path):
                 walk(value_node, key + ".")
 
     walk(node, "")
-    data = yaml.safe_load(text)
     return data, lines
 
 
@@ -285,10 +337,12 @@ def parse_override(text):
     """``'train.batch_size=16'`` -> ``('train.batch_size', 16)``."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise UserError(f"--set {text}: expected KEY=VALUE, e.g. --set train.batch_size=16")
+        raise UserError(f"--set {short(text, quote=False)}: expected KEY=VALUE, e.g. --set train.batch_size=16")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = yaml_data(raw, f"--set {short(text)}") if raw.strip() else None
+    except UserError:
+        if any(c in raw for c in "&*!"):
+            raise  # aliases, tags, huge values: refused, not read as plain text
         value = raw
     return key.strip(), value
 
@@ -311,7 +365,7 @@ def load_config(path=None, overrides=(), base=None):
             _set(config, key, value, f"{path}:{lines.get(key, '?')}")
     for text in overrides:
         key, value = parse_override(text)
-        _set(config, key, value, f"--set {text}")
+        _set(config, key, value, f"--set {short(text, quote=False)}")
     return config.validate(source)
 
 

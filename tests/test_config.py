@@ -99,3 +99,45 @@ def test_the_classifier_has_its_own_strict_section(tmp_path):
         load_config(None, ["classifier.learning_rte=1e-5"])
     with pytest.raises(UserError, match=r"classifier.epochs: must be > 0"):
         load_config(None, ["classifier.epochs=0"])
+
+
+@pytest.mark.parametrize("text,message", [
+    # nested aliases ("billion laughs"): refused before anything expands
+    ("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+     + "run_dir: *i\n", ":2: invalid YAML (aliases (*a) are not allowed"),
+    ("run_dir: &r [*r]\n", ":1: invalid YAML (aliases (*r) are not allowed"),  # recursive
+    ("run_dir: !!python/object/apply:os.system [echo hi]\n", "invalid YAML (could not determine "
+                                                             "a constructor"),
+    ("data:\n  labels: [" + ", ".join(["x"] * 20_000) + "]\n", "invalid YAML (more than 10000 values"),
+])
+def test_hostile_yaml_is_one_short_line(tmp_path, text, message):
+    import resource
+    import time
+
+    started = time.time()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(UserError) as e:
+        load_config(write(tmp_path, text))
+    assert message in str(e.value)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
+    assert time.time() - started < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
+def test_long_values_are_shortened_in_errors(tmp_path):
+    with pytest.raises(UserError) as e:
+        load_config(write(tmp_path, "train:\n  epochs: [" + ", ".join(["1"] * 5000) + "]\n"))
+    assert "train.epochs must be an integer, got [1, 1," in str(e.value)
+    assert len(str(e.value)) < 200
+    with pytest.raises(UserError, match="aliases"):  # --set values go through the same loader
+        parse_override("run_dir=&a [*a]")
+
+
+def test_a_run_config_with_aliases_is_refused(tmp_path):
+    from cln_textgen.runs.folder import RunDir
+
+    run = RunDir(tmp_path)
+    run.config.write_text("run_dir: &r [*r]\n", encoding="utf-8")
+    with pytest.raises(UserError, match="config.yaml:1: invalid YAML"):
+        run.read_config()

@@ -134,3 +134,29 @@ def test_planned_steps_sum_the_epochs_up_to_max_steps():
     assert batching.planned_steps([4, 4, 3]) == 11
     assert batching.planned_steps(iter([4, 4, 3]), max_steps=6) == 6
     assert batching.planned_steps([4, 4], max_steps=20) == 8
+
+
+@pytest.mark.parametrize("content,message", [
+    ("好\tpos\n差\tn\x1beg\n", "d.tsv:2: label 'n\\x1beg' contains the control character U+001B"),
+    ("好\tpo\x00s\n", "d.tsv:1: label 'po\\x00s' contains the control character U+0000"),
+    ("好\tall\n差\tneg\n", "d.tsv:1: the label 'all' is reserved"),
+    ("好\tpos\r差\tneg\r", "d.tsv:1: a carriage return (CR) without a line feed"),
+])
+def test_bad_labels_and_line_endings_name_file_and_line(tmp_path, content, message):
+    path = write(tmp_path, "d.tsv", content)
+    with pytest.raises(UserError) as e:
+        build_label_vocab(read_examples(path)[0], source=str(path))
+    assert message in str(e.value)
+
+
+def test_label_with_a_newline_in_jsonl(tmp_path):
+    path = write(tmp_path, "d.jsonl", '{"text": "好", "label": "a\\nb"}\n')
+    with pytest.raises(UserError, match=r"d.jsonl:1: label 'a\\nb' contains the control character U\+000A"):
+        build_label_vocab(read_examples(path)[0], source=str(path))
+
+
+def test_label_sorting_takes_unicode_digits_as_names(tmp_path):
+    examples = read_examples(write(tmp_path, "d.tsv", "a\t²\nb\t①\nc\t10\nd\t2\ne\tx\n"))[0]
+    assert build_label_vocab(examples) == ["2", "10", "x", "²", "①"]
+    with pytest.raises(UserError, match="data.labels: the label 'all' is reserved"):
+        build_label_vocab(examples, fixed=["²", "①", "10", "2", "x", "all"])

@@ -197,6 +197,10 @@ def test_early_stopping_keeps_the_best(tmp_path, capsys, monkeypatch):
     assert [e["epoch"] for e in events(run, "eval")] == [1, 2]
     best = (run / "checkpoints" / "best" / "checkpoint").read_text()
     assert 'model_checkpoint_path: "ckpt-3"' in best
+    # stopped by patience is complete: running it again does not train on
+    assert main(args) == 0
+    assert "this run is complete (6 steps): early stopping" in capsys.readouterr().out
+    assert [e["epoch"] for e in events(run, "eval")] == [1, 2]
 
 
 @pytest.mark.parametrize("change,message", [
@@ -216,7 +220,8 @@ def test_user_errors_are_one_line_and_leave_no_run(tmp_path, capsys, change, mes
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_and_resumes(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # SIGTERM: job schedulers
+def test_ctrl_c_saves_and_resumes(tmp_path, signum):
     config = write_tiny_task(tmp_path / "task")
     run = tmp_path / "task" / "run"
     args = [sys.executable, "-m", "cln_textgen", "train", "--config", str(config), "--no-progress",
@@ -226,10 +231,11 @@ def test_ctrl_c_saves_and_resumes(tmp_path):
     deadline = time.time() + 300
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    out, _ = process.communicate(timeout=300)
-    assert process.returncode == 130
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM
     assert "interrupted at step" in out and "run the same command to resume" in out
+    assert "Traceback" not in err
     stopped = int(out.split("interrupted at step ")[1].split(";")[0])
     latest = (run / "checkpoints" / "checkpoint").read_text()
     assert f'model_checkpoint_path: "ckpt-{stopped}"' in latest

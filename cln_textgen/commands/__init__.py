@@ -15,13 +15,14 @@ def say(text=""):
 
 
 def training_stopped(error, command, report=say):
-    """Exit code of a training that stopped early (a ``TrainingInterrupted`` or
-    ``TrainingDiverged`` of the trainer), after saying why: 130 for Ctrl-C (a
-    checkpoint is kept and the same command resumes), 1 for a diverged loss."""
+    """Exit code of a training that stopped early (a ``TrainingInterrupted``,
+    ``TrainingDiverged`` or ``SaveFailed`` of the trainer), after saying why:
+    130 for Ctrl-C and 143 for SIGTERM (a checkpoint is kept and the same
+    command resumes), 1 for a diverged loss or a save that failed."""
     from cln_textgen.training.trainer import TrainingInterrupted
 
     if isinstance(error, TrainingInterrupted):
         report(str(error))
-        return 130
+        return error.exit_code
     print(f"cln-textgen {command}: error: {error}", file=sys.stderr)
     return 1

@@ -41,14 +41,22 @@ def run_train(args):
 
     from cln_textgen.evaluation.classifier import default_dir
     from cln_textgen.evaluation.classifier_training import train_classifier
+    from cln_textgen.runs.lock import lock_folder
+    from cln_textgen.training.failures import SaveFailed
     from cln_textgen.training.trainer import TrainingDiverged, TrainingInterrupted
 
     out = args.out or default_dir(config.run_dir)
     say(f"classifier folder: {out}")
+    lock = lock_folder(out, "this classifier")  # one writer at a time
     try:
         report = train_classifier(config, out, say=say, progress=not args.no_progress)
-    except (TrainingInterrupted, TrainingDiverged) as e:
+    except (TrainingInterrupted, TrainingDiverged, SaveFailed) as e:
+        lock.release()
         return training_stopped(e, "classifier train")
+    except BaseException:
+        lock.release(remove_created=True)
+        raise
+    lock.release()
     test = report["test"]
     per_label = ", ".join(f"{k} {v:.4f}" for k, v in test["per_label"].items() if v is not None)
     say(f"test accuracy {test['micro']:.4f}, macro {test['macro']:.4f} ({per_label}) on "

@@ -1,5 +1,6 @@
 """``cln-textgen train``: train a run from a config, or resume it."""
 
+import sys
 import time
 
 from cln_textgen.commands import add_config_args, say, training_stopped
@@ -9,10 +10,14 @@ from cln_textgen.errors import UserError
 def register(sub):
     p = sub.add_parser("train", help="train (or resume) a run from a YAML config",
                        description="Train into run_dir. If run_dir already holds checkpoints, "
-                                   "training resumes from the latest one.")
+                                   "training resumes from the newest one that reads back; a "
+                                   "run folder is never deleted or overwritten.")
     add_config_args(p)
     p.add_argument("--stop-at-step", type=int, metavar="N",
                    help="save and stop once N optimizer steps are done (resume later)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start a new run even if run_dir is in use: the old folder is moved "
+                        "aside to RUN_DIR.old-TIME (nothing is deleted)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.add_argument("--print-config", action="store_true",
                    help="print the merged config (defaults, file, --set) and exit")
@@ -31,15 +36,27 @@ def run(args):
     source = args.config or "--set"
 
     from cln_textgen.training.distribute import chief_by_tf_config
-    from cln_textgen.training.plots import plot_losses
     from cln_textgen.training.start import start_run
-    from cln_textgen.training.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
     started = time.time()
     chief = chief_by_tf_config(config.train.distribute)
     report = say if chief else (lambda text="": None)  # other workers stay quiet
-    setup = start_run(config, source, writes=chief)
+    setup = start_run(config, source, writes=chief, fresh=args.fresh)
+    try:
+        return _train(args, setup, chief, report, started)
+    finally:
+        if setup.lock is not None:
+            setup.lock.release()  # the process ending would too; tests call main() repeatedly
+
+
+def _train(args, setup, chief, report, started):
+    from cln_textgen.training.plots import try_plot_losses
+    from cln_textgen.training.trainer import (SaveFailed, Trainer, TrainingDiverged,
+                                              TrainingInterrupted)
+
     run_dir = setup.run
+    if setup.moved_to:
+        report(f"--fresh: moved the previous folder to {setup.moved_to}")
     report(f"run folder: {run_dir.path}")
     report(setup.train.describe())
     if setup.valid is not None:
@@ -47,13 +64,12 @@ def run(args):
     report(f"labels: {', '.join(setup.labels)}")
     trainer = Trainer(setup, console=say, progress=not args.no_progress)
     restored = trainer.restore_or_warm_start()
-    t = config.train
     if restored:
         report(f"resuming from {restored}: step {trainer.step}, epoch "
                f"{int(trainer.epoch.numpy()) + 1}, batch {int(trainer.batch.numpy())}")
-        if int(trainer.epoch.numpy()) >= t.epochs or (t.max_steps and trainer.step >= t.max_steps):
-            report(f"this run is complete ({trainer.step} steps); raise train.epochs or "
-                   "train.max_steps to train longer")
+        if trainer.completion():
+            report(f"this run is complete ({trainer.step} steps): {trainer.completion()}; raise "
+                   "train.epochs, train.max_steps or train.patience to train longer")
             return 0
     else:
         report(f"new run from {setup.pretrained.directory} ({setup.pretrained.format} format): "
@@ -62,11 +78,12 @@ def run(args):
         report(setup.describe_warm_start())
     try:
         status = trainer.fit(stop_at_step=args.stop_at_step)
-    except (TrainingInterrupted, TrainingDiverged) as e:
+    except (TrainingInterrupted, TrainingDiverged, SaveFailed) as e:
         return training_stopped(e, "train", report)
     finally:
         if chief and run_dir.metrics.is_file():
-            plot_losses(run_dir.metrics, run_dir.plot, title=str(run_dir.path))
+            try_plot_losses(run_dir.metrics, run_dir.plot, title=str(run_dir.path),
+                            warn=lambda text: print(text, file=sys.stderr))
     minutes = (time.time() - started) / 60
     best = float(trainer.best.numpy())
     best_text = f", best valid loss {best:.4f}" if best != float("inf") else ""

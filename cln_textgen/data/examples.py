@@ -7,6 +7,7 @@ id lists; :mod:`cln_textgen.data.batching` makes batches of them.
 import dataclasses
 import json
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -51,6 +52,12 @@ def _lines(path):
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
+    lone_cr = re.search(rb"\r(?!\n)", raw)
+    if lone_cr:
+        line = raw.count(b"\n", 0, lone_cr.start()) + 1
+        raise UserError(f"{where(path, line)}: a carriage return (CR) without a line feed: "
+                        "old Mac line endings, or a stray CR in a text; save the file with \\n "
+                        "(or \\r\\n) line endings")
     if raw.endswith(b"\n"):
         raw = raw[:-1]  # a final newline ends the last line; it is not an empty line
     for number, line in enumerate(raw.split(b"\n") if raw else [], start=1):
@@ -143,14 +150,36 @@ def read_examples(path, fmt="auto"):
 # ------------------------------------------------------------ labels
 
 
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: "²" and "①" are digits to str.isdigit
+RESERVED_LABELS = ("all",)  # generate --label all means every label
+
+
 def _label_order(label):
     # "2" < "10": numeric labels sort as numbers, the rest alphabetically after them.
-    return (0, int(label), "") if label.lstrip("-").isdigit() else (1, 0, label)
+    return (0, int(label), "") if _INTEGER.fullmatch(label) else (1, 0, label)
+
+
+def check_label_name(label, source):
+    """A label is a name on one line: no control characters, not a reserved word."""
+    bad = next((c for c in label if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise UserError(f"{source}: label {label[:40]!r} contains the control character "
+                        f"U+{ord(bad):04X}; labels are plain names: remove it")
+    if label in RESERVED_LABELS:
+        raise UserError(f"{source}: the label {label!r} is reserved (generate --label all means "
+                        "every label); rename it in the data")
 
 
 def build_label_vocab(examples, fixed=None, source="data.train"):
     """Label names in id order: ``fixed`` if given (checked), else sorted train labels."""
-    seen = sorted({e.label for e in examples}, key=_label_order)
+    first = {}
+    for e in examples:
+        first.setdefault(e.label, e.line)
+    for label, line in first.items():
+        check_label_name(label, where(source, line))
+    for label in fixed or ():
+        check_label_name(label, "data.labels")
+    seen = sorted(first, key=_label_order)
     if fixed is None:
         return seen
     unknown = [label for label in seen if label not in fixed]

@@ -26,7 +26,9 @@ from cln_textgen.evaluation.classifier import (ClassifierConfig, ClassifierDir, 
 from cln_textgen.model.modeling import load_bert_weights
 from cln_textgen.model.pretrained import open_pretrained
 from cln_textgen.model.tokenization import TextTokenizer, read_vocab, write_vocab
+from cln_textgen.runs import checkpoints
 from cln_textgen.runs.folder import write_text_atomic
+from cln_textgen.runs.lock import LOCK_NAME
 from cln_textgen.training import distribute
 from cln_textgen.training.start import check_max_length, model_config_for
 from cln_textgen.training.trainer import Trainer
@@ -72,6 +74,7 @@ class ClassifierTask:
     valid: object  # corpus.Split or None
     test: object  # corpus.Split
     pretrained: object  # pretrained.PretrainedBert
+    checkpoint: str = None  # the checkpoint to resume from (the newest that reads back)
     _predict: object = None
 
     def build_model(self, dropout_seed):
@@ -142,8 +145,9 @@ def _start(config, folder, say):
     if folder.is_complete():
         raise UserError(f"{folder.path}: holds a trained classifier already; delete it or pass "
                         "--out DIR for a new one")
-    resume = folder.latest_checkpoint() is not None
-    if not resume and folder.path.exists() and any(folder.path.iterdir()):
+    resume = folder.has_checkpoints()
+    if not resume and folder.path.exists() and any(p.name != LOCK_NAME
+                                                    for p in folder.path.iterdir()):
         raise UserError(f"{folder.path}: already exists and is not empty; delete it or pass "
                         "--out DIR for the new classifier")
     pretrained = open_pretrained(config.model.pretrained, config.model.format)
@@ -172,8 +176,12 @@ def _start(config, folder, say):
                             "list; delete it or pass --out DIR for a new classifier")
     elif distribute.chief_by_tf_config(schedule.distribute):
         _write_start(folder, config, model_config, labels, token_dict)
+    checkpoint = None
+    if resume:
+        checkpoint = checkpoints.require_readable(
+            folder.checkpoints, "delete the folder or pass --out DIR for a new classifier")
     return ClassifierTask(folder, config, model_config, tokenizer, labels, train,
-                          splits.get("valid"), splits["test"], pretrained)
+                          splits.get("valid"), splits["test"], pretrained, checkpoint)
 
 
 def _write_start(folder, config, model_config, labels, token_dict):

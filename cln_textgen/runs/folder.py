@@ -11,16 +11,26 @@ A run folder is self-contained::
     samples/         generated samples per evaluation
     tensorboard/     TensorBoard event files
     loss.png         train/valid loss curves
+    data.json        fingerprint of the training data (runs/fingerprint.py)
+    manifest.json    sizes and hashes of the files above it (runs/manifest.py)
+    .lock            held by the one process that writes the run (runs/lock.py)
 """
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
-import yaml
-
-from cln_textgen.config import config_from_dict
+from cln_textgen.config import config_from_dict, short, yaml_data
 from cln_textgen.errors import UserError
+from cln_textgen.runs import checkpoints
+from cln_textgen.runs.files import write_text_atomic  # noqa: F401  (imported from here by others)
+from cln_textgen.runs.manifest import verify_manifest
+
+# What starting a run writes, config.yaml last: a folder holding only some of
+# these (a setup cut short) is set up again, not refused.
+SETUP_FILES = ("vocab.txt", "labels.json", "model.json", "data.json", "config.yaml",
+               "manifest.json")
 
 
 class RunDir:
@@ -41,43 +51,81 @@ class RunDir:
     def is_initialised(self):
         return all(p.is_file() for p in (self.config, self.model_config, self.labels, self.vocab))
 
+    def has_checkpoints(self):
+        return checkpoints.has_checkpoint_files(self.checkpoints)
+
     def latest_checkpoint(self):
-        return _latest(self.checkpoints)
+        """The newest checkpoint that reads back (a skipped one is warned about)."""
+        return checkpoints.newest_readable(self.checkpoints)
 
     def best_checkpoint(self):
-        return _latest(self.best_checkpoints)
+        return checkpoints.newest_readable(self.best_checkpoints)
 
     def read_config(self):
         try:
-            data = yaml.safe_load(self.config.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as e:
-            raise UserError(f"{self.config}: unreadable run config ({e})") from None
-        return config_from_dict(data or {}, str(self.config))
+            text = self.config.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{self.config}: unreadable run config ({e}); restore it") from None
+        data = yaml_data(text, self.config)
+        if not isinstance(data, dict):
+            raise UserError(f"{self.config}: not a mapping of config keys; restore the run's config")
+        return config_from_dict(data, str(self.config))
+
+    def _json(self, path, what):
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: unreadable {what} ({short(str(e))}); restore it") from None
 
     def read_labels(self):
-        try:
-            return json.loads(self.labels.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{self.labels}: unreadable label list ({e})") from None
+        labels = self._json(self.labels, "label list")
+        if (not isinstance(labels, list) or not labels
+                or not all(isinstance(x, str) and x for x in labels)):
+            raise UserError(f"{self.labels}: must be a list of label names (strings), got "
+                            f"{short(labels)}; restore it")
+        if len(set(labels)) != len(labels):
+            raise UserError(f"{self.labels}: names a label twice; restore it")
+        return labels
+
+    def read_model_config(self):
+        from cln_textgen.model.modeling import ModelConfig
+
+        values = self._json(self.model_config, "model config")
+        fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+        required = {n for n, f in fields.items() if f.default is dataclasses.MISSING}
+        if (not isinstance(values, dict) or set(values) - set(fields)
+                or required - set(values)):
+            raise UserError(f"{self.model_config}: not a model config (keys {', '.join(fields)} "
+                            "expected); restore it")
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "num_labels"):
+            value = values.get(name, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{self.model_config}: {name} must be a positive integer, got "
+                                f"{short(value)}; restore it")
+        return ModelConfig.from_dict(values)
 
     def write_labels(self, labels):
         write_text_atomic(self.labels, json.dumps(labels, ensure_ascii=False, indent=2) + "\n")
 
+    def check(self):
+        """The run's own files, before anything uses them: unchanged since the run
+        wrote them (manifest.json) and consistent with each other.  Returns
+        ``(config, model_config, labels)``."""
+        verify_manifest(self.path)
+        config = self.read_config()
+        model_config = self.read_model_config()
+        labels = self.read_labels()
+        if len(labels) != model_config.num_labels:
+            raise UserError(f"{self.labels}: {len(labels)} labels but the model was built for "
+                            f"{model_config.num_labels} ({self.model_config}); restore it")
+        from cln_textgen.model.tokenization import read_vocab
 
-def _latest(directory):
-    from cln_textgen.backend import tf
-
-    if not Path(directory).is_dir():
-        return None
-    return tf.train.latest_checkpoint(str(directory))
-
-
-def write_text_atomic(path, text):
-    """Write via a temporary file and rename, so a crash leaves old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        size = len(read_vocab(self.vocab))
+        if size != model_config.vocab_size:
+            raise UserError(f"{self.vocab}: {size} tokens but the model was built for "
+                            f"{model_config.vocab_size} ({self.model_config}); restore it")
+        return config, model_config, labels
 
 
 def open_run(path):
@@ -88,6 +136,7 @@ def open_run(path):
     if not run.is_initialised():
         raise UserError(f"{run.path}: not a run folder (config.yaml, model.json, labels.json and "
                         "vocab.txt expected); train into it first")
+    run.check()
     return run
 
 
@@ -95,18 +144,24 @@ def open_run(path):
 FROZEN_FIELDS = (
     "model.conditional", "model.label_embedding_size", "model.cond_hidden_units",
     "model.dropout", "model.attention_dropout", "model.simplified_vocab", "model.lower_case",
-    "data.train", "data.format", "data.max_length", "data.labels",
+    "data.format", "data.max_length", "data.labels",
     "train.seed", "train.batch_size", "train.batch_tokens", "train.bucket_by_length",
     "train.accumulate_steps",
 )
 
 
-def check_resume_compatible(saved, new, saved_path, new_source):
-    """The saved config wins on frozen fields; a different value is an error."""
-    for key in FROZEN_FIELDS:
+def check_resume_compatible(saved, new, saved_path, new_source, data_fingerprint=False):
+    """The saved config wins on frozen fields; a different value is an error.
+
+    ``data.train`` is compared by content (runs/fingerprint.py) when the run has
+    a data fingerprint; a run without one keeps the older rule: the same path."""
+    keys = FROZEN_FIELDS if data_fingerprint else FROZEN_FIELDS + ("data.train",)
+    for key in keys:
         section, name = key.split(".")
         old = getattr(getattr(saved, section), name)
         value = getattr(getattr(new, section), name)
+        if key == "data.train" and old and value and os.path.realpath(old) == os.path.realpath(value):
+            continue  # the same file, spelled another way
         if old != value:
             raise UserError(
                 f"{new_source}: {key} is {value!r} but the run in {saved_path.parent} was started "

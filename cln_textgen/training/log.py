@@ -40,11 +40,21 @@ class RunLog:
         path = self.run.metrics
         if not self.enabled or not path.is_file():
             return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
+        kept = [line for line, event in read_events(path) if event.get("step", 0) <= step]
         write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def read_events(path):
+    """``(line, event)`` for each whole event of a metrics file.  A line cut short
+    by a kill (even inside a multi-byte character) or damaged is skipped."""
+    events = []
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                line = raw.decode("utf-8").rstrip("\n")
+                event = json.loads(line)
+            except ValueError:  # UnicodeDecodeError and JSONDecodeError
+                continue
+            if isinstance(event, dict):
+                events.append((line, event))
+    return events

@@ -1,17 +1,13 @@
 """Loss curves of a run, drawn from its metrics.jsonl."""
 
-import json
+import io
+
+from cln_textgen.runs.files import write_bytes_atomic
+from cln_textgen.training.log import read_events
 
 
 def read_metrics(path):
-    events = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return events
+    return [event for _, event in read_events(path)]
 
 
 def plot_losses(metrics_path, out_path, title=None):
@@ -37,6 +33,17 @@ def plot_losses(metrics_path, out_path, title=None):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    write_bytes_atomic(out_path, buffer.getvalue(), fsync=False)  # never a 0-byte loss.png
     return out_path
+
+
+def try_plot_losses(metrics_path, out_path, title=None, warn=print):
+    """:func:`plot_losses`, but a plot never fails a run: a problem is one warning line."""
+    try:
+        return plot_losses(metrics_path, out_path, title)
+    except Exception as e:  # a plot is a convenience; the run is what matters
+        warn(f"warning: could not draw {out_path} ({type(e).__name__}: {str(e)[:200]})")
+        return None

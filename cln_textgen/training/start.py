@@ -1,23 +1,43 @@
 """Starting or resuming a run: everything is checked before anything is written.
 
+A run folder is never deleted or overwritten implicitly.  The one process that
+writes it holds its lock (runs/lock.py).  A folder with checkpoint files is
+resumed from the newest checkpoint that reads back, after its own files
+(manifest.json), its config's frozen fields and its data (data.json) were
+checked; when none reads back, training stops naming the files.  ``--fresh``
+is the explicit way to start over: the old folder is moved aside, not deleted.
+
 A new run opens the pretrained BERT and reads and encodes the data first; only
-when all of that succeeded does it write ``config.yaml``, ``model.json``,
-``labels.json`` and ``vocab.txt``, so a user error never leaves a half-made run
-folder.  A folder with checkpoints is resumed: its saved config decides the
-architecture, the data and the label list.
+when all of that succeeded does it write ``vocab.txt``, ``labels.json``,
+``model.json``, ``data.json`` and then ``config.yaml`` (each atomically) and
+``manifest.json``.  A setup cut short leaves some of these files and no
+config.yaml: the next train sets the folder up again instead of refusing it.
 """
 
 import dataclasses
-import shutil
+import datetime
+import hashlib
+import json
+import os
 
 from cln_textgen.data import batching
 from cln_textgen.data.corpus import load_split, read_train_labels
 from cln_textgen.errors import UserError
 from cln_textgen.model.modeling import ModelConfig, build_model, load_bert_weights
 from cln_textgen.model.pretrained import open_pretrained
-from cln_textgen.runs.folder import RunDir, check_resume_compatible, write_text_atomic
-from cln_textgen.model.tokenization import TextTokenizer, read_vocab, simplify_vocab, write_vocab
+from cln_textgen.model.tokenization import TextTokenizer, read_vocab, simplify_vocab
+from cln_textgen.runs import checkpoints
+from cln_textgen.runs.fingerprint import DATA_NAME, check_data_unchanged, split_fingerprint
+from cln_textgen.runs.folder import SETUP_FILES, RunDir, check_resume_compatible, write_text_atomic
+from cln_textgen.runs.lock import LOCK_NAME, lock_folder
+from cln_textgen.runs.manifest import write_manifest
+from cln_textgen.training.distribute import chief_by_tf_config
 from cln_textgen.training.step import NextTokenLoss, make_scorer, split_loss
+
+# What a run writes before its first checkpoint besides SETUP_FILES: such a
+# folder is a run that died early, not someone else's folder.
+EARLY_FILES = (LOCK_NAME, "checkpoints", "metrics.jsonl", "samples", "tensorboard", "loss.png")
+START_OVER = "start over with --fresh (moves this folder aside, deletes nothing)"
 
 
 @dataclasses.dataclass
@@ -34,6 +54,9 @@ class RunSetup:
     keep_tokens: list = None
     mlm_loaded: bool = None  # set by warm_start: whether the checkpoint had the MLM head
     scorer: object = None  # the valid-loss scorer of the trained model, made once
+    checkpoint: str = None  # the checkpoint to resume from
+    lock: object = None  # lock.FolderLock, held while the process writes the run
+    moved_to: object = None  # where --fresh moved the previous folder
 
     # The task of the training loop (see training/trainer.py): the model, its
     # loss and its evaluation.
@@ -94,31 +117,80 @@ def model_config_for(bert_config, config, num_labels, vocab_size):
     )
 
 
-def start_run(config, source, writes=True):
+def start_run(config, source, writes=None, fresh=False):
     """Open ``config.run_dir`` for training: resume it or set up a new run.
 
     ``writes=False`` (the non-chief workers of a multi-worker run) prepares the
-    same setup without touching the folder, which the chief alone writes.
+    same setup without touching the folder, which the chief alone writes (and
+    locks); ``None`` decides by the same rule.  ``fresh`` moves a used folder
+    aside first.
     """
+    if writes is None:
+        writes = chief_by_tf_config(config.train.distribute)
     run = RunDir(config.run_dir)
-    if run.latest_checkpoint():
+    if not writes:
+        return _open(run, config, source, writes=False)
+    lock = lock_folder(run.path, "this run")
+    moved_to = None
+    try:
+        if fresh and _used(run):
+            moved_to = run.path.with_name(
+                f"{run.path.name}.old-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+            os.rename(run.path, moved_to)  # the lock moves with it; take the new folder's
+            lock.release()
+            lock = lock_folder(run.path, "this run")
+        setup = _open(run, config, source, writes=True)
+    except OSError as e:
+        lock.release(remove_created=True)
+        raise UserError(f"{run.path}: cannot write the run folder ({e.strerror})") from None
+    except BaseException:
+        lock.release(remove_created=True)
+        raise
+    setup.lock, setup.moved_to = lock, moved_to
+    return setup
+
+
+def _used(run):
+    return run.path.is_dir() and any(p.name != LOCK_NAME for p in run.path.iterdir())
+
+
+def _open(run, config, source, writes):
+    if run.has_checkpoints():
         return _resume(run, config, source, writes)
-    if writes and run.path.exists() and any(run.path.iterdir()) and not run.config.is_file():
-        raise UserError(f"{run.path}: run_dir exists and is not a run folder; choose another "
-                        "run_dir or empty it")
+    if writes and not run.config.is_file():
+        foreign = sorted(p.name for p in run.path.iterdir()
+                         if p.name not in SETUP_FILES + EARLY_FILES
+                         and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+        if foreign:
+            raise UserError(f"{run.path}: run_dir exists and is not a run folder ({foreign[0]} is "
+                            "not a run's file); choose another run_dir, empty it, or pass --fresh "
+                            "to move it aside")
     return _new_run(run, config, writes)
 
 
 def _resume(run, config, source, writes):
-    saved = run.read_config()
-    check_resume_compatible(saved, config, run.config, source)
-    model_config = ModelConfig.load(run.model_config)
-    labels = run.read_labels()
+    missing = [p.name for p in (run.config, run.model_config, run.labels, run.vocab)
+               if not p.is_file()]
+    if missing:
+        raise UserError(f"{run.path}: has checkpoints but lacks {', '.join(missing)}; restore "
+                        f"them from a backup, or {START_OVER}")
+    saved, model_config, labels = run.check()
+    same_data = check_data_unchanged(run.path, config, source)
+    check_resume_compatible(saved, config, run.config, source, data_fingerprint=same_data)
+    checkpoint = checkpoints.require_readable(
+        run.checkpoints, f"restore them from a backup, or {START_OVER}")
     tokenizer = TextTokenizer.from_file(run.vocab, config.model.lower_case)
     train, valid = _load_splits(config, tokenizer, labels)
     if writes:
-        write_text_atomic(run.config, config.to_yaml())  # training fields may have changed
-    return RunSetup(run, config, model_config, tokenizer, labels, train, valid, resumed=True)
+        checkpoints.remove_temp_leftovers(run.checkpoints, run.best_checkpoints)
+        checkpoints.repair_pointer(run.checkpoints, checkpoint)
+        checkpoints.repair_pointer(run.best_checkpoints,
+                                   checkpoints.newest_readable(run.best_checkpoints))
+        # Training fields may have changed; a run made before data.json gets one now.
+        _write_files(run, {run.config: config.to_yaml(),
+                           run.path / DATA_NAME: _data_json(train, valid, labels)})
+    return RunSetup(run, config, model_config, tokenizer, labels, train, valid, resumed=True,
+                    checkpoint=checkpoint)
 
 
 def _new_run(run, config, writes):
@@ -142,21 +214,40 @@ def _new_run(run, config, writes):
                      pretrained=pretrained, keep_tokens=keep_tokens)
     if not writes:
         return setup
-    created = not run.path.exists()
-    try:
-        run.path.mkdir(parents=True, exist_ok=True)
-        for stale in (run.checkpoints, run.samples, run.tensorboard):
-            shutil.rmtree(stale, ignore_errors=True)  # a run that died before its first save
-        run.metrics.unlink(missing_ok=True)
-        write_vocab(run.vocab, token_dict)
-        run.write_labels(labels)
-        model_config.save(run.model_config)
-        write_text_atomic(run.config, config.to_yaml())
-    except OSError as e:
-        if created:
-            shutil.rmtree(run.path, ignore_errors=True)
-        raise UserError(f"{run.path}: cannot write the run folder ({e.strerror})") from None
+    checkpoints.remove_temp_leftovers(run.checkpoints, run.best_checkpoints)
+    tokens = sorted(token_dict, key=token_dict.get)
+    # config.yaml last: until it exists the folder is a setup cut short, set up again.
+    _write_files(run, {
+        run.vocab: "".join(t + "\n" for t in tokens),
+        run.labels: json.dumps(labels, ensure_ascii=False, indent=2) + "\n",
+        run.model_config: json.dumps(model_config.to_dict(), indent=2) + "\n",
+        run.path / DATA_NAME: _data_json(train, valid, labels),
+        run.config: config.to_yaml(),
+    })
     return setup
+
+
+def _data_json(train, valid, labels):
+    record = {"train": split_fingerprint(train, labels)}
+    if valid is not None:
+        record["valid"] = split_fingerprint(valid, labels)
+    return json.dumps(record, ensure_ascii=False, indent=2) + "\n"
+
+
+def _write_files(run, texts):
+    """Write ``texts`` ({path: text}) in order, each atomically, and the manifest.
+
+    The manifest accepts the new contents before they are written, and only them
+    once they are: a crash at any point leaves a folder that opens."""
+    changed = {path: text for path, text in texts.items()
+               if not path.is_file() or path.read_bytes() != text.encode("utf-8")}
+    if not changed and (run.path / "manifest.json").is_file():
+        return
+    write_manifest(run.path, also={path.name: hashlib.sha256(text.encode("utf-8")).hexdigest()
+                                   for path, text in changed.items()})
+    for path, text in changed.items():
+        write_text_atomic(path, text)
+    write_manifest(run.path)
 
 
 def _load_splits(config, tokenizer, labels, examples=None, stats=None):

@@ -23,7 +23,6 @@ splits, a task supplies ``build_model(dropout_seed)``, ``warm_start(model)``,
 
 import json
 import math
-import signal
 import time
 
 import numpy as np
@@ -37,7 +36,11 @@ from cln_textgen.errors import UserError
 from cln_textgen.generation.texts import Decoding, GenerationOptions, generate
 from cln_textgen.model.modeling import build_model
 from cln_textgen.training.log import RunLog
+from cln_textgen.runs.files import fsync_files
 from cln_textgen.runs.folder import RunDir, write_text_atomic
+from cln_textgen.training.failures import SaveFailed, guarded_save
+from cln_textgen.training.interrupts import DeferredInterrupt, TrainingInterrupted, exit_code
+from cln_textgen.training.schedule import SchedulePlan, WarmupLinearDecay, saved_plan
 from cln_textgen.training.step import TrainStep, precision_policy
 
 NO_DECAY = ("gamma", "beta", "bias", "Norm")  # LayerNorm (and CLN) parameters and biases
@@ -45,32 +48,14 @@ NO_DECAY = ("gamma", "beta", "bias", "Norm")  # LayerNorm (and CLN) parameters a
 # of this keep the shapes to max_length / 16 values.
 JIT_LENGTH_MULTIPLE = 16
 
-__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "WarmupLinearDecay", "NO_DECAY"]
+__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "SaveFailed",
+           "WarmupLinearDecay", "NO_DECAY"]
 
 
 class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class TrainingInterrupted(Exception):
-    """Ctrl-C: a checkpoint was saved and the run can be resumed."""
-
-
-@keras.utils.register_keras_serializable(package="cln_textgen")
-class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from 0 to ``peak`` over ``warmup`` steps, then linear decay to 0."""
-
-    def __init__(self, peak, total, warmup):
-        self.peak, self.total, self.warmup = float(peak), int(total), int(warmup)
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        warm = step / max(self.warmup, 1)
-        decay = (self.total - step) / max(self.total - self.warmup, 1)
-        return self.peak * tf.clip_by_value(tf.minimum(warm, decay), 0.0, 1.0)
-
-    def get_config(self):
-        return {"peak": self.peak, "total": self.total, "warmup": self.warmup}
 
 
 class Trainer:
@@ -96,8 +81,8 @@ class Trainer:
             self.dropout_seed = distribute.ReplicaDropoutSeed(train.seed)
             with precision_policy(train.mixed_precision):
                 self.model = setup.build_model(self.dropout_seed)
-            self.schedule = WarmupLinearDecay(train.learning_rate, self.total_steps,
-                                              round(train.warmup_ratio * self.total_steps))
+            self.plan = SchedulePlan(self.total_steps, round(train.warmup_ratio * self.total_steps))
+            self.schedule = self.plan.schedule(train.learning_rate)
             adamw = keras.optimizers.AdamW(learning_rate=self.schedule,
                                            weight_decay=train.weight_decay)
             adamw.exclude_from_weight_decay(var_names=list(NO_DECAY))
@@ -113,9 +98,11 @@ class Trainer:
                                     name="best_valid_loss")
             self.bad_evals = tf.Variable(0, dtype=tf.int64, trainable=False,
                                          name="evals_without_gain")
-            self.checkpoint = tf.train.Checkpoint(
-                model=self.model, optimizer=self.optimizer, dropout=self.dropout_seed.variable,
-                epoch=self.epoch, batch=self.batch, best=self.best, bad_evals=self.bad_evals)
+            state = dict(model=self.model, optimizer=self.optimizer,
+                         dropout=self.dropout_seed.variable, epoch=self.epoch, batch=self.batch,
+                         best=self.best, bad_evals=self.bad_evals)
+            self.checkpoint = tf.train.Checkpoint(**state, **self.plan.variables())
+            self._legacy_checkpoint = tf.train.Checkpoint(**state)  # runs without a saved plan
         # Every worker saves (a save may need all of them); only the chief's
         # checkpoints land in the run folder.
         self._scratch = distribute.scratch_folder(self.chief)
@@ -125,6 +112,7 @@ class Trainer:
         self.best_manager = tf.train.CheckpointManager(
             self.checkpoint, str(writes.best_checkpoints), max_to_keep=1)
         self._saved_at = None  # the step of the last checkpoint saved or restored
+        self.last_good = None  # the path of that checkpoint
         self._evaluated_at = None  # the step of the last evaluation in this process
         self.stepper = None  # the TrainStep, made by the first train_on
         self._sampler = None
@@ -154,19 +142,53 @@ class Trainer:
         return int(self.optimizer.iterations.numpy())
 
     def restore_or_warm_start(self):
-        """Resume from the latest checkpoint, else load the pretrained weights."""
+        """Resume from the checkpoint :func:`start_run` chose (the newest that reads
+        back), else load the pretrained weights."""
         # The chief's folder on every worker: run_dir must be shared by all.
-        latest = self.run.latest_checkpoint()
+        latest = self.setup.checkpoint
         if latest:
-            self.checkpoint.restore(latest).assert_consumed()
-            self._saved_at = self.step
-            self.run_log.truncate(self.step)
+            checkpoint = self.checkpoint if saved_plan(latest) else self._legacy_checkpoint
+            try:
+                checkpoint.restore(latest).assert_consumed()
+            except (AssertionError, ValueError, tf.errors.OpError) as e:
+                raise UserError(f"{latest}: does not fit this run ({str(e).splitlines()[0][:200]}); "
+                                "restore the run's files, or start over with --fresh") from None
+            self._saved_at, self.last_good = self.step, latest
+            if not self.completion():
+                self._retarget_schedule()
         else:
             self.setup.warm_start(self.model)
+        self.run_log.truncate(self.step)  # events after the checkpoint are logged again
         if not distribute.same_on_all_workers(self.strategy, self.step):
             raise UserError(f"{self.run.checkpoints}: the workers found different checkpoints; "
                             "run_dir must be one folder that every worker shares")
         return latest
+
+    def _retarget_schedule(self):
+        old = self.plan.retarget(self.schedule, self.step, self.total_steps,
+                                 self.config.train.warmup_ratio)
+        if old is not None:
+            end = int(self.plan.ramp_end.numpy())
+            ramp = (f", moves to the new plan by step {end}" if end > self.step else "")
+            self.say(f"planned steps {old} -> {self.total_steps}: the learning rate goes on from "
+                     f"{float(self.schedule(self.step)):.2e}{ramp} and reaches 0 at step "
+                     f"{self.total_steps}")
+
+    def completion(self):
+        """Why the run is complete, or None: the one rule of the command and the loop."""
+        t = self.config.train
+        if self._finished_steps():
+            return "reached train.max_steps"
+        if self._patience_exhausted():
+            return "early stopping: valid loss stopped improving"
+        if int(self.epoch.numpy()) >= t.epochs:
+            return "done"
+        return None
+
+    def _patience_exhausted(self):
+        patience = self.config.train.patience
+        return bool(patience and self.setup.valid is not None
+                    and int(self.bad_evals.numpy()) >= patience)
 
     def _make_stepper(self):
         t = self.config.train
@@ -227,7 +249,12 @@ class Trainer:
     # ------------------------------------------------------------ logging
 
     def log(self, event, **values):
-        self.run_log.write(event, self.step, int(self.epoch.numpy()), **values)
+        with self._guard("metrics.jsonl"):
+            self.run_log.write(event, self.step, int(self.epoch.numpy()), **values)
+
+    def _guard(self, what):
+        return guarded_save(what, self.step, self.last_good,
+                            (self.manager.directory, self.best_manager.directory))
 
     def say(self, text):
         if not self.chief:
@@ -239,10 +266,15 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
 
-    def save(self):
-        path = self.manager.save(checkpoint_number=self.step)
-        self._saved_at = self.step
-        self.log("checkpoint", path=str(path))
+    def save(self, manager=None):
+        manager = manager or self.manager
+        with self._guard(f"a checkpoint in {manager.directory}"):
+            path = manager.save(checkpoint_number=self.step)
+            # TensorFlow does not fsync: a power cut could lose a "saved" checkpoint.
+            fsync_files([*tf.io.gfile.glob(path + ".*"), f"{manager.directory}/checkpoint"])
+        if manager is self.manager:
+            self._saved_at, self.last_good = self.step, path
+            self.log("checkpoint", path=str(path))
         return path
 
     def _evaluate_and_report(self, name):
@@ -256,18 +288,18 @@ class Trainer:
             if result.loss < float(self.best.numpy()):
                 self.best.assign(result.loss)
                 self.bad_evals.assign(0)
-                self.best_manager.save(checkpoint_number=self.step)
+                self.save(self.best_manager)
             else:
                 self.bad_evals.assign_add(1)
-                patience = self.config.train.patience
-                stop = bool(patience and int(self.bad_evals.numpy()) >= patience)
+                stop = self._patience_exhausted()
         samples = self.samples() if self.chief else []
         if samples:
-            self.run.samples.mkdir(exist_ok=True)
             lines = [json.dumps({**s, "step": self.step, "epoch": int(self.epoch.numpy())},
                                 ensure_ascii=False) for s in samples]
-            write_text_atomic(self.run.samples / f"{name.replace(' ', '-')}.jsonl",
-                              "\n".join(lines) + "\n")
+            with self._guard("samples"):
+                self.run.samples.mkdir(exist_ok=True)
+                write_text_atomic(self.run.samples / f"{name.replace(' ', '-')}.jsonl",
+                                  "\n".join(lines) + "\n", fsync=False)
             for s in samples:
                 self.say(f"  [{s['label']}] {s['text']}")
         return stop
@@ -280,8 +312,10 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=min(self.step, self.total_steps),
                    unit="step", disable=not self.progress, dynamic_ncols=True)
         window_tokens, window_start = 0, time.perf_counter()
-        interrupt = _DeferredInterrupt()
+        interrupt = DeferredInterrupt()
         try:
+            if self.completion():
+                return self._finish(self.completion())
             while int(self.epoch.numpy()) < t.epochs:
                 epoch = int(self.epoch.numpy())
                 bar.set_description(f"epoch {epoch + 1}/{t.epochs}")
@@ -331,10 +365,10 @@ class Trainer:
                     return self._finish("early stopping: valid loss stopped improving")
                 interrupt.check(self)
             return self._finish("done")
-        except KeyboardInterrupt:
-            latest = self.manager.latest_checkpoint or "none"
-            raise TrainingInterrupted(f"stopped at once; the last checkpoint ({latest}) is kept; "
-                                      "run the same command to resume from it") from None
+        except KeyboardInterrupt as e:
+            raise TrainingInterrupted(f"stopped at once; the last checkpoint ({self.last_good}) "
+                                      "is kept; run the same command to resume from it",
+                                      exit_code(e) - 128) from None
         finally:
             interrupt.restore()
             bar.close()
@@ -349,40 +383,7 @@ class Trainer:
         return status
 
     def _diverged_message(self, loss):
-        latest = self.manager.latest_checkpoint
+        latest = self.last_good
         kept = f"the last good checkpoint {latest} is kept" if latest else "no checkpoint was saved"
         return (f"loss became {loss} at step {self.step}; {kept}; lower train.learning_rate "
                 "(or train.clip_norm) and run again to resume from it")
-
-
-class _DeferredInterrupt:
-    """Ctrl-C stops training between two steps, never inside one.
-
-    A step and its bookkeeping (the batch position) must be saved together, or
-    a resumed run would repeat or skip a batch.  The first Ctrl-C only sets a
-    flag that the loop checks after each step; a second one stops at once,
-    keeping the last checkpoint.
-    """
-
-    def __init__(self):
-        self.requested = False
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def check(self, trainer):
-        if self.requested:
-            trainer.save()
-            raise TrainingInterrupted(
-                f"interrupted at step {trainer.step}; checkpoint saved in "
-                f"{trainer.run.checkpoints}; run the same command to resume")
-
-    def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
