@@ -148,11 +148,22 @@ def test_runs_and_show(trained_run, capsys, tmp_path):
     old = os.path.getmtime(stopped / "metrics.jsonl") - 3600
     for path in (stopped / "metrics.jsonl", stopped / "checkpoints" / "checkpoint"):
         os.utime(path, (old, old))
-    assert main(["runs", str(tmp_path / "runs")]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    # a third, held by a writer (this process takes its lock)
+    from cln_textgen.runs.lock import lock_folder
+
+    shutil.copytree(trained_run, tmp_path / "runs" / "writing")
+    lock = lock_folder(tmp_path / "runs" / "writing", "this run")
+    try:
+        assert main(["runs", str(tmp_path / "runs")]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert main(["show", "--run", str(tmp_path / "runs" / "writing")]) == 0
+        assert f"in use by: PID {os.getpid()} since" in capsys.readouterr().out
+    finally:
+        lock.release()
     assert lines[0].split()[:4] == ["run", "step", "epochs", "status"]
-    done, half = lines[1].split(), lines[2].split()
+    done, half, writing = lines[1].split(), lines[2].split(), lines[3].split()
     assert done[1:4] == ["20", "2/2", "complete"] and half[1:4] == ["15", "1/2", "stopped"]
+    assert writing[3] == "running"
     assert float(done[4]) > 1 and "0," in done and "1" in done
 
     assert main(["show", "--run", str(trained_run)]) == 0
@@ -161,6 +172,9 @@ def test_runs_and_show(trained_run, capsys, tmp_path):
     assert f"resume: cln-textgen train --config {trained_run}/config.yaml\n" in out
     assert "latest step      20  valid loss" in out and "best   step" in out
     assert "generate:\n  max_new_tokens: 12" in out  # the merged config
+    assert "in use by" not in out
+    data = [line for line in out.splitlines() if line.startswith("  train  ")]
+    assert len(data) == 1 and "sha256" in data[0] and "160 texts -> 160 examples" in data[0]
     assert main(["runs", str(tmp_path / "none")]) == 2
     capsys.readouterr()
     assert main(["show", "--run", str(stopped)]) == 0  # a moved run resumes where it is now

@@ -1,6 +1,5 @@
 """``cln-textgen show``: what one run is, from its folder."""
 
-import json
 from pathlib import Path
 
 
@@ -14,8 +13,10 @@ def register(sub):
 
 
 def run(args):
+    from cln_textgen.runs.fingerprint import read_data_fingerprint
     from cln_textgen.runs.folder import open_run
     from cln_textgen.runs.inspect import checkpoints, read_events, summary
+    from cln_textgen.runs.status import writer
 
     run_dir = open_run(args.run)
     s = summary(run_dir)
@@ -29,16 +30,16 @@ def run(args):
         for step, prefix, size in checkpoints(folder):
             loss = f"valid loss {losses[step]:.4f}" if step in losses else "no valid loss"
             print(f"  {kind:6} step {step:>7}  {loss:18}  {size / 2**20:6.1f} MiB  {prefix}")
-    # Written by newer runs only: shown when present.
-    for name in ("fingerprint", "manifest", "lock"):
-        path = getattr(run_dir, name, None)
-        if path is not None and path.is_file():
-            text = path.read_text(encoding="utf-8").strip()
-            try:
-                text = json.dumps(json.loads(text), ensure_ascii=False)
-            except ValueError:
-                pass
-            print(f"{name}: {text}")
+    holder = writer(run_dir.path)
+    if holder:
+        print(f"in use by: {holder}")
+    data = read_data_fingerprint(run_dir.path)  # runs made before data.json have none
+    if data:
+        print("data:")
+        for split, f in data.items():
+            counts = ", ".join(f"{label} {n}" for label, n in f["labels"].items())
+            print(f"  {split:5}  {f['path']}  {f['size']} bytes  sha256 {f['sha256'][:16]}…  "
+                  f"{f['texts']} texts -> {f['examples']} examples ({counts})")
     resume = f"cln-textgen train --config {run_dir.config}"
     if Path(run_dir.read_config().run_dir).resolve() != run_dir.path.resolve():
         resume += f" --set run_dir={run_dir.path}"  # the folder was moved since

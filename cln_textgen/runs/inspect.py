@@ -1,8 +1,9 @@
 """What a run folder holds, read without TensorFlow: for ``runs`` and ``show``.
 
 Everything is derived from the files a run writes (``metrics.jsonl``, the
-checkpoint folders, ``config.yaml``, ``labels.json``).  ``running`` is a guess:
-the run's log changed in the last few minutes and the run is not complete.
+checkpoint folders, ``config.yaml``, ``labels.json``) and from its writer's
+lock: ``running`` means a process holds it.  Complete is the trainer's own
+rule (runs/status.py), fed with the counters the log holds.
 """
 
 import json
@@ -12,9 +13,7 @@ import time
 from pathlib import Path
 
 from cln_textgen.runs.folder import RunDir
-
-# A run whose log changed this recently, and that is not complete, counts as running.
-RUNNING_WITHIN_S = 600
+from cln_textgen.runs.status import bad_evals, completion, writer
 
 
 def find_runs(root, depth=3):
@@ -54,7 +53,7 @@ def checkpoints(directory):
     return sorted(out)
 
 
-def summary(run, now=None):
+def summary(run):
     """One row of ``cln-textgen runs``: a dict of step, epoch, status, best
     valid perplexity, labels and last change."""
     config = run.read_config()
@@ -63,7 +62,7 @@ def summary(run, now=None):
     step = saved[-1][0] if saved else 0
     at_step = [e for e in events if e.get("step", 0) <= step]
     epoch = at_step[-1].get("epoch", 0) if at_step else 0
-    evals = [e for e in events if e.get("event") == "eval" and e.get("valid_ppl") is not None]
+    evals = [e for e in at_step if e.get("event") == "eval" and e.get("valid_ppl") is not None]
     best = min((e["valid_ppl"] for e in evals), default=None)
     t = config.train
     touched = [p.stat().st_mtime for p in (run.metrics, run.checkpoints / "checkpoint")
@@ -72,10 +71,11 @@ def summary(run, now=None):
     losses = [e.get("loss") for e in events if e.get("event") == "train"]
     if any(isinstance(x, float) and not math.isfinite(x) for x in losses):
         status = "diverged"
-    elif epoch >= t.epochs or (t.max_steps and step >= t.max_steps):
-        status = "complete"
-    elif (now or time.time()) - changed < RUNNING_WITHIN_S:
+    elif writer(run.path):
         status = "running"
+    elif completion(t, step, epoch, bad_evals([e.get("valid_loss", e["valid_ppl"]) for e in evals]),
+                    has_valid=bool(config.data.valid)):
+        status = "complete"
     else:
         status = "stopped"
     return {"run": str(run.path), "step": step, "epoch": epoch, "epochs": t.epochs,

@@ -37,6 +37,7 @@ from cln_textgen.generation.texts import Decoding, GenerationOptions, generate
 from cln_textgen.model.modeling import build_model
 from cln_textgen.training.log import RunLog
 from cln_textgen.runs.files import fsync_files
+from cln_textgen.runs import status as run_status
 from cln_textgen.runs.folder import RunDir, write_text_atomic
 from cln_textgen.training.failures import SaveFailed, guarded_save
 from cln_textgen.training.interrupts import DeferredInterrupt, TrainingInterrupted, exit_code
@@ -175,20 +176,14 @@ class Trainer:
                      f"{self.total_steps}")
 
     def completion(self):
-        """Why the run is complete, or None: the one rule of the command and the loop."""
-        t = self.config.train
-        if self._finished_steps():
-            return "reached train.max_steps"
-        if self._patience_exhausted():
-            return "early stopping: valid loss stopped improving"
-        if int(self.epoch.numpy()) >= t.epochs:
-            return "done"
-        return None
+        """Why the run is complete, or None: the one rule (runs/status.py) of the
+        command, the loop, and ``runs``/``show``."""
+        return run_status.completion(self.config.train, self.step, int(self.epoch.numpy()),
+                                     int(self.bad_evals.numpy()), self.setup.valid is not None)
 
     def _patience_exhausted(self):
-        patience = self.config.train.patience
-        return bool(patience and self.setup.valid is not None
-                    and int(self.bad_evals.numpy()) >= patience)
+        return run_status.patience_exhausted(self.config.train, int(self.bad_evals.numpy()),
+                                             self.setup.valid is not None)
 
     def _make_stepper(self):
         t = self.config.train
@@ -375,7 +370,7 @@ class Trainer:
             self.run_log.flush()
 
     def _finished_steps(self):
-        return self.config.train.max_steps and self.step >= self.config.train.max_steps
+        return run_status.steps_finished(self.config.train, self.step)
 
     def _finish(self, status):
         if self._saved_at != self.step:
