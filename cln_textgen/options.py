@@ -149,6 +149,11 @@ def resolve(defaults, overrides, spell=lambda name: name, unknown=UserError):
     return options
 
 
+def as_flag(name):
+    """How the command line spells option ``name``: ``--top-p``; a ``spell`` for :func:`resolve`."""
+    return BY_NAME[name].flag
+
+
 def add_flags(parser, evaluate=False):
     """One flag per option (those ``evaluate`` offers, with ``evaluate``); every
     default is ``None``: an unset flag leaves the run's ``generate:`` value."""

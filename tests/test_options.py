@@ -52,7 +52,7 @@ def test_every_surface_refuses_a_bad_value_with_the_tables_rule(option, tmp_path
     args = parsed("generate", [option.flag, str(value)])
     with pytest.raises(UserError, match=option.flag):
         table.resolve(table.GenerationOptions(), table.from_flags(args),
-                      spell=lambda name: table.BY_NAME[name].flag)
+                      spell=table.as_flag)
     # the API (TextGenerator.options resolves the same way)
     with pytest.raises(UserError) as caught:
         table.resolve(table.GenerationOptions(), {option.name: value}, unknown=TypeError)

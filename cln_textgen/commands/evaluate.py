@@ -39,7 +39,7 @@ def run(args):
     options = table.from_flags(args, evaluate=True)
     # The flags' own rules, before the run is read (which fills in the rest).
     table.resolve(table.GenerationOptions(), options,
-                  spell=lambda name: table.BY_NAME[name].flag)
+                  spell=table.as_flag)
 
     from cln_textgen.evaluation.report import summary_lines
     from cln_textgen.evaluation.evaluate import EvalSettings, evaluate

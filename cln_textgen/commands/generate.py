@@ -45,7 +45,7 @@ def resolve_request(args):
     run_dir = open_run(args.run)
     labels = run_dir.read_labels()
     options = table.resolve(run_dir.read_config().generate, table.from_flags(args),
-                            spell=lambda name: table.BY_NAME[name].flag)
+                            spell=table.as_flag)
     n = table.default_n(options) if args.n is None else args.n
     problem = table.check_n(n, options, name="-n")
     if problem:

@@ -31,7 +31,7 @@ from cln_textgen.data.corpus import load_split
 from cln_textgen.errors import UserError
 from cln_textgen.evaluation.report import FIGURES, NGRAM, SELF_BLEU_N, write_report
 from cln_textgen.generation.generator import TextGenerator, resolve_checkpoint
-from cln_textgen.options import BY_NAME, resolve
+from cln_textgen.options import as_flag, resolve
 from cln_textgen.runs.folder import open_run
 from cln_textgen.training.step import make_scorer, split_loss
 
@@ -112,7 +112,7 @@ def _preflight(s):
                          f"from {config.model.pretrained}")
     # Evaluation samples: beams and greedy decoding give (nearly) one text.
     options = resolve(config.generate, {**s.options, "num_beams": 1, "greedy": False},
-                      spell=lambda name: BY_NAME[name].flag)
+                      spell=as_flag)
     return Checked(run, config, labels, checkpoint, split_path, folder, baseline, notes, options)
 
 
