@@ -12,7 +12,6 @@ from collections import Counter
 from pathlib import Path
 
 from cln_textgen.errors import UserError
-from cln_textgen.runs.files import write_text_atomic
 
 DATA_NAME = "data.json"
 
@@ -34,12 +33,6 @@ def split_fingerprint(split, labels):
     counts = Counter(split.encoded.label_ids)
     return {**file_fingerprint(split.path), "texts": split.texts, "examples": len(split.encoded),
             "labels": {label: counts.get(i, 0) for i, label in enumerate(labels)}}
-
-
-def write_data_fingerprint(folder, splits, labels):
-    record = {name: split_fingerprint(split, labels) for name, split in splits.items()
-              if split is not None}
-    write_text_atomic(Path(folder) / DATA_NAME, json.dumps(record, ensure_ascii=False, indent=2) + "\n")
 
 
 def read_data_fingerprint(folder):
