@@ -329,3 +329,16 @@ def test_the_lock_names_its_holder_and_goes_with_its_process(tmp_path):
     created = lock_folder(tmp_path / "new")
     created.release(remove_created=True)  # a failed setup leaves no folder behind
     assert not (tmp_path / "new").exists()
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path):
+    from cln_textgen.runs.files import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.txt", "x")
+        (tmp_path / "b.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "a.txt").stat().st_mode == (tmp_path / "b.txt").stat().st_mode

@@ -25,15 +25,23 @@ def fsync_dir(path):
     _fsync(path)
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path, data, fsync=True):
     """Write via a temporary file of a unique name and rename it over ``path``.
 
     The unique name keeps two writers from sharing a temporary file; on any
-    error the temporary file is removed and the error goes on unchanged.
+    error the temporary file is removed and the error goes on unchanged.  The
+    file gets the mode a plain ``open`` would give it (mkstemp's is 0600).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if fsync:
