@@ -138,14 +138,18 @@ def test_bfloat16_trains_close_to_float32(tmp_path):
 def test_float16_loss_scale_is_checkpointed_and_precision_may_change_on_resume(tmp_path):
     config = write_tiny_task(tmp_path / "task", train_lines=48, valid_lines=8)
     run = tmp_path / "run"
-    trainer_for(config, run).fit(stop_at_step=1)
+    first = trainer_for(config, run)
+    first.fit(stop_at_step=1)
+    first.setup.lock.release()  # one writer at a time, as separate commands would be
     # float32 -> float16: the checkpoint has no loss scale; a fresh one starts
     fresh = trainer_for(config, run, "train.mixed_precision=mixed_float16")
     fresh.fit(stop_at_step=2)
+    fresh.setup.lock.release()
     assert int(fresh.stepper.optimizer.dynamic_counter.numpy()) == 1  # one finite step
     # float16 -> float16: the loss scale comes back from the checkpoint
     resumed = trainer_for(config, run, "train.mixed_precision=mixed_float16")
     resumed.fit(stop_at_step=3)
+    resumed.setup.lock.release()
     assert int(resumed.stepper.optimizer.dynamic_counter.numpy()) == 2
     # float16 -> float32: the checkpoint's loss scale is left unused
     assert trainer_for(config, run).step == 3
