@@ -1016,8 +1016,7 @@ def main(argv=None):
     from cln_textgen.backend import bert4keras, keras, tf
     from cln_textgen.model.layers import DropoutSeed
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    use_threads(tf, args.threads)
     keras.utils.set_random_seed(args.seed)
     out_dir = Path(args.out)
 
@@ -1156,6 +1155,17 @@ def make_report(args, command, corpus, train_pieces, token_ids, vocab, tokenizer
             "epochs": round(done * args.batch_size / rows, 2),
         },
     }
+
+
+def use_threads(tf, threads):
+    """Ask TensorFlow for `threads` CPU threads; once TensorFlow has started (the
+    script called from a process that already ran a model) it keeps its own count."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        print(f"note: TensorFlow is already running in this process; --threads {threads} "
+              "is not applied", file=sys.stderr)
 
 
 def describe_machine(threads):
