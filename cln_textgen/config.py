@@ -24,6 +24,9 @@ class ModelSection:
     pretrained: str = ""  # directory of a Google or Hugging Face BERT
     format: str = "auto"  # auto | google | hf
     conditional: bool = True  # false: a plain LM that ignores the label (a baseline)
+    # Share of training rows given a reserved null condition instead of their
+    # label, so the run can also generate unconditionally: what guidance needs.
+    label_dropout: float = 0.1
     label_embedding_size: int = 128
     cond_hidden_units: int | None = None  # project the label embedding first (None: no)
     dropout: float = 0.1
@@ -114,7 +117,8 @@ class Config:
         choice("model.format", m.format, ("auto", "google", "hf"))
         positive("model.label_embedding_size", m.label_embedding_size)
         positive("model.cond_hidden_units", m.cond_hidden_units, allow_none=True)
-        for key, rate in (("model.dropout", m.dropout), ("model.attention_dropout", m.attention_dropout)):
+        for key, rate in (("model.dropout", m.dropout), ("model.attention_dropout", m.attention_dropout),
+                          ("model.label_dropout", m.label_dropout)):
             if rate is not None and not 0 <= rate < 1:
                 fail(key, f"must be in [0, 1), got {rate!r}")
         choice("data.format", d.format, ("auto", "tsv", "jsonl"))
@@ -148,6 +152,10 @@ class Config:
         problem = contradiction(g)
         if problem:
             fail("generate", problem)
+        if g.guidance != 1.0 and not (m.conditional and m.label_dropout > 0):
+            fail("generate.guidance", f"{g.guidance:g} needs the null condition that "
+                 "model.label_dropout trains (set it, e.g. 0.1), or keep 1 here and guide "
+                 "with --negative-label when generating")
         positive("classifier.learning_rate", self.classifier.learning_rate)
         positive("classifier.epochs", self.classifier.epochs)
         return self

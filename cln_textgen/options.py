@@ -49,6 +49,10 @@ OPTIONS = (
            "CTRL-style penalty on tokens already present (1.0: off)"),
     Option("no_repeat_ngram", int, 0, lambda v: v >= 0, "must be >= 0 (0: off)",
            "forbid repeating n-grams of this size (0: off)"),
+    Option("guidance", float, 1.0, lambda v: v >= 0, "must be >= 0 (1.0: off)",
+           "classifier-free guidance strength: above 1 the label weighs more, against the "
+           "null condition (runs trained with model.label_dropout) or a negative label "
+           "(1.0: off)"),
     Option("num_beams", int, 1, lambda v: v >= 1, "must be >= 1",
            "beam search with this many beams; returns up to that many texts per label",
            evaluate=False),
@@ -154,9 +158,18 @@ def as_flag(name):
     return BY_NAME[name].flag
 
 
+def _values_of(kind):
+    """An argparse type: a comma-separated list of ``kind`` values."""
+    def parse(text):
+        return [kind(part) for part in text.split(",")]
+    parse.__name__ = f"comma-separated {kind.__name__}"  # argparse names it in errors
+    return parse
+
+
 def add_flags(parser, evaluate=False):
     """One flag per option (those ``evaluate`` offers, with ``evaluate``); every
-    default is ``None``: an unset flag leaves the run's ``generate:`` value."""
+    default is ``None``: an unset flag leaves the run's ``generate:`` value.
+    ``evaluate``'s flags take comma-separated lists: the settings to sweep."""
     for o in OPTIONS:
         if evaluate and not o.evaluate:
             continue
@@ -165,14 +178,28 @@ def add_flags(parser, evaluate=False):
             parser.add_argument(o.flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=text)
         else:
-            parser.add_argument(o.flag, type=o.type, default=None,
-                                metavar=o.name.split("_")[-1].upper(), help=text)
+            metavar = o.name.split("_")[-1].upper()
+            parser.add_argument(o.flag, type=_values_of(o.type) if evaluate else o.type,
+                                default=None, metavar=metavar + ("[,...]" if evaluate else ""),
+                                help=text)
 
 
 def from_flags(args, evaluate=False):
-    """``{name: value}`` of the option flags set in parsed ``args``."""
+    """``{name: value}`` of the option flags set in parsed ``args`` (``evaluate``:
+    ``{name: [values]}``)."""
     return {o.name: getattr(args, o.name) for o in OPTIONS
             if (o.evaluate or not evaluate) and getattr(args, o.name, None) is not None}
+
+
+def sweep(values):
+    """Every combination of ``{name: [values]}``, as ``{name: value}`` dicts in
+    table order, the first option varying slowest; a list given twice the same
+    value is one setting."""
+    names = [o.name for o in OPTIONS if o.name in values]
+    settings = [{}]
+    for name in names:
+        settings = [{**s, name: v} for s in settings for v in dict.fromkeys(values[name])]
+    return settings
 
 
 def describe(options):

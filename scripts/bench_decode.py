@@ -10,7 +10,10 @@ special tokens and [SEP] banned, so every row generates the full length.
   whole prefix at every step (``model.predict`` on ``last_token(model)``) and
   one call decodes one label.
 * ours: ``cln_textgen.generation.texts.generate`` (all labels in one batch), with
-  the step compiled by XLA and, to show why XLA is the default, without.
+  the step compiled by XLA and, to show why XLA is the default, without;
+* ours-guided: the same with classifier-free guidance (guidance 2 against the
+  null condition): each text decodes beside its null row in the same batch.
+  Its cost is reported as wall time against ``ours`` for the same texts.
 
 Each setting runs in a worker process of its own that builds the model once,
 warms every method up (tracing, XLA compilation; bert4keras: a 4-token run),
@@ -36,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-METHODS = ("bert4keras", "ours", "ours-no-xla")
+METHODS = ("bert4keras", "ours", "ours-no-xla", "ours-guided")
 
 
 def build(vocab_size, num_labels):
@@ -47,7 +50,7 @@ def build(vocab_size, num_labels):
 
     config = ModelConfig(vocab_size=vocab_size, hidden_size=384, num_hidden_layers=6,
                          num_attention_heads=12, intermediate_size=1536, num_labels=num_labels,
-                         dropout=0.0, attention_dropout=0.0)
+                         label_dropout=0.1, dropout=0.0, attention_dropout=0.0)
     model = build_model(config)
     # The condition projections start at zero; give them values so that the
     # labels really differ (it costs nothing either way).
@@ -90,16 +93,19 @@ def bert4keras_runner(model, tokenizer, top_k):
     return run
 
 
-def ours_runner(model, tokenizer, top_k, jit_compile):
+def ours_runner(model, tokenizer, top_k, jit_compile, guidance=1.0):
     from cln_textgen.generation import texts as generation
 
     decoding = generation.Decoding(model, jit_compile=jit_compile)
+    null_id = decoding.decoder.condition_rows - 1  # built with label dropout: the last row
 
     def run(label_ids, n, max_new_tokens):
         options = generation.GenerationOptions(max_new_tokens=max_new_tokens,
-                                               min_new_tokens=max_new_tokens, top_k=top_k)
-        return [g.text for g in generation.generate(model, tokenizer, label_ids, n=n,
-                                                    options=options, decoding=decoding)]
+                                               min_new_tokens=max_new_tokens, top_k=top_k,
+                                               guidance=guidance)
+        return [g.text for g in generation.generate(
+            model, tokenizer, label_ids, n=n, options=options, decoding=decoding,
+            contrast=null_id if guidance != 1.0 else None)]
 
     return run
 
@@ -138,7 +144,8 @@ def worker(args):
         if method == "bert4keras":
             runners[method] = bert4keras_runner(model, tokenizer, args.top_k)
         else:
-            runners[method] = ours_runner(model, tokenizer, args.top_k, method == "ours")
+            runners[method] = ours_runner(model, tokenizer, args.top_k, method != "ours-no-xla",
+                                          guidance=2.0 if method == "ours-guided" else 1.0)
     results = {m: dict(seconds=[], peak_mb=0.0) for m in runners}
     for method, run in runners.items():
         start = time.perf_counter()
@@ -220,6 +227,16 @@ def report(settings, args):
               f"{cell(ours / plain if ours and plain else None, 7, '{:.2f}')}x | "
               f"{memory:>18} | "
               f"{cell(got['ours']['warmup_seconds'] if got['ours'] else None, 14, '{:.1f}')}")
+    if any("ours-guided" in s["results"] and "ours" in s["results"] for s in settings.values()):
+        print("\nGuidance (2, against the null condition) for the same texts, both with XLA: "
+              "wall time guided / unguided (target <= 1.3x)")
+        for (length, labels), setting in settings.items():
+            r = setting["results"]
+            if "ours-guided" in r and "ours" in r:
+                ratio = min(r["ours-guided"]["seconds"]) / min(r["ours"]["seconds"])
+                print(f"{length:>4} new tokens, {labels} label(s) x {args.n}: {ratio:.2f}x "
+                      f"(peak +MiB {r['ours']['peak_mb']:.0f} -> "
+                      f"{r['ours-guided']['peak_mb']:.0f})")
 
 
 if __name__ == "__main__":

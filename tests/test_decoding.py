@@ -12,7 +12,8 @@ from cln_textgen.errors import UserError
 from cln_textgen.generation.texts import Decoding, GenerationOptions, generate
 from reference import reference_generate
 from cln_textgen.model.modeling import ModelConfig, build_model
-from cln_textgen.generation.samplers import BeamSampler, GreedySampler
+from cln_textgen.generation.beams import BeamSampler
+from cln_textgen.generation.samplers import GreedySampler
 from cln_textgen.model.tokenization import TextTokenizer
 
 TOKENIZER = TextTokenizer({token: i for i, token in enumerate(bf.vocab_tokens(40))})

@@ -136,6 +136,8 @@ def stand_in(trained_run, tmp_path):
     (["-n", "0"], "-n: must be at least 1"),
     (["--top-p", "0"], "--top-p: must be in (0, 1]"),
     (["--run", "{run}/nowhere"], "nowhere: run folder not found"),
+    (["--negative-label", "nope", "--guidance", "2"], "unknown label 'nope'"),
+    (["--negative-label", "1"], "only matters with guidance"),
 ])
 def test_evaluate_user_errors(stand_in, capsys, args, message):
     run, _ = stand_in
@@ -234,3 +236,61 @@ def test_the_classifier_loss_counts_real_rows_only():
     assert float(loss(*plain)) > 0
     task = types.SimpleNamespace(tokenizer=types.SimpleNamespace(pad_id=0))
     assert ClassifierTask.count_targets(task, filled[0]) == 3
+
+
+@pytest.mark.slow
+def test_a_sweep_reports_each_setting_and_the_trade_off(evaluated, capsys):
+    run, base, classifier, first = evaluated
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--baseline-run", str(base), "--split", "valid",
+                 "-n", "4", "--max-new-tokens", "6", "--guidance", "1,2",
+                 "--temperature", "0.7,1.0,0.7", "--samples", "0"]) == 0
+    printed = capsys.readouterr().err
+    folder = max((run / "evaluation").iterdir())
+    assert folder != first
+    sweep = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
+    settings = [(s["generation"]["guidance"], s["generation"]["temperature"]) for s in sweep]
+    assert settings == [(1.0, 0.7), (1.0, 1.0), (2.0, 0.7), (2.0, 1.0)]
+    assert (folder / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (folder / "sweep.md").read_text(encoding="utf-8")
+    assert "| guidance=2 temperature=0.7 |" in md and "| real text |" in md
+    assert "guidance=2 temperature=1" in printed and "sweep.md" in printed
+    reports = [json.loads((folder / f"setting-{k}" / "report.json").read_text(encoding="utf-8"))
+               for k in range(1, 5)]
+    # the real texts are judged once: every setting shows the same real figures
+    assert all(r["macro"]["real"] == reports[0]["macro"]["real"] for r in reports)
+    assert [r["settings"]["generation"]["guidance"] for r in reports] == [1.0, 1.0, 2.0, 2.0]
+    # a setting of the sweep is the same evaluation as that setting alone
+    assert main(["evaluate", "--run", str(run), "--baseline-run", str(base), "--split", "valid",
+                 "-n", "4", "--max-new-tokens", "6", "--guidance", "2", "--temperature", "1.0",
+                 "--samples", "0"]) == 0
+    alone = json.loads((max((run / "evaluation").iterdir()) / "report.json").read_text())
+    assert alone["labels"] == reports[3]["labels"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--guidance", "1,x"], "invalid comma-separated float value"),
+    (["--guidance", "-1"], "--guidance: must be >= 0"),
+])
+def test_sweep_values_are_checked(trained_run, capsys, args, message):
+    assert main(["evaluate", "--run", str(trained_run), "--split", "valid", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_mix_sweep_script(evaluated, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "sweep_mix.py"
+    spec = importlib.util.spec_from_file_location("sweep_mix", path)
+    sweep_mix = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep_mix)
+    run = evaluated[0]
+    capsys.readouterr()
+    sweep_mix.main(["--run", str(run), "--labels", "1", "0", "--weights", "0,0.5,1", "-n", "3",
+                    "--guidance", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[2:]]
+    assert [row[0] for row in rows] == ["0.00", "0.50", "1.00"]
+    assert all(0 <= float(row[1]) <= 1 and row[2].endswith("%") for row in rows)

@@ -60,7 +60,8 @@ def test_every_surface_refuses_a_bad_value_with_the_tables_rule(option, tmp_path
 
 
 def test_samplers_check_with_the_table():
-    from cln_textgen.generation.samplers import BeamSampler, Sampler, TopPSampler
+    from cln_textgen.generation.beams import BeamSampler
+    from cln_textgen.generation.samplers import Sampler, TopPSampler
 
     for make, name, value in ((lambda v: Sampler(temperature=v), "temperature", 0.0),
                               (lambda v: Sampler(repetition_penalty=v), "repetition_penalty", -1.0),
@@ -87,3 +88,13 @@ def test_a_boolean_flag_can_turn_a_runs_switch_off():
     table.add_flags(parser)
     assert parser.parse_args(["--no-greedy"]).greedy is False
     assert parser.parse_args([]).greedy is None
+
+
+def test_a_sweep_is_every_combination_in_table_order():
+    from cln_textgen.options import sweep
+
+    assert sweep({}) == [{}]
+    settings = sweep({"temperature": [0.7, 1.0], "guidance": [1.0, 2.0, 2.0]})
+    # the table lists temperature before guidance: it varies slowest
+    assert settings == [{"temperature": 0.7, "guidance": 1.0}, {"temperature": 0.7, "guidance": 2.0},
+                        {"temperature": 1.0, "guidance": 1.0}, {"temperature": 1.0, "guidance": 2.0}]

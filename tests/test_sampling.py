@@ -6,8 +6,10 @@ import pytest
 from cln_textgen.backend import tf
 from cln_textgen.generation.texts import GenerationOptions
 from reference import filter_logits
-from cln_textgen.generation.samplers import (BeamSampler, GreedySampler, RandomSampler, Sampler, TopKSampler,
-                                  TopPSampler, apply_repetition_penalty, ban_repeated_ngrams)
+from cln_textgen.generation.beams import BeamSampler
+from cln_textgen.generation.samplers import (GreedySampler, RandomSampler, Sampler, TopKSampler,
+                                             TopPSampler, apply_repetition_penalty,
+                                             ban_repeated_ngrams)
 
 NEG = -np.inf
 

@@ -61,6 +61,7 @@ def test_health_and_labels(server, trained_run):
     assert info["labels"] == json.loads((trained_run / "labels.json").read_text()) and len(info["labels"]) == 2
     assert info["run"] == str(trained_run)
     assert info["step"] > 0 and info["defaults"]["max_new_tokens"] == 12
+    assert info["null_condition"] is True  # the test run trains with label dropout
     page = httpx.get(url + "/")
     assert page.status_code == 200 and "/v1/generate/stream" in page.text
 
@@ -86,6 +87,25 @@ def test_generate_equals_the_cli(server, trained_run, capsys):
     assert [t["text"] for t in data["texts"]] == cli
 
 
+def test_a_guided_mix_equals_the_cli(server, trained_run, capsys):
+    from cln_textgen.cli import main
+
+    url, service = server
+    a, b = service.generator.labels
+    body = {"label": {a: 0.3, b: 0.7}, "n": 2, "seed": 3, "guidance": 2.0}
+    answer = post(url, "/v1/generate", body)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert [t["mix"] for t in data["texts"]] == [{a: 0.3, b: 0.7}] * 2
+    assert data["texts"][0]["label"] == f"{a}=0.3,{b}=0.7" and data["options"]["guidance"] == 2
+    capsys.readouterr()
+    assert main(["generate", "--run", str(trained_run), "--label", f"{a}=0.3,{b}=0.7", "-n", "2",
+                 "--seed", "3", "--guidance", "2", "--format", "jsonl"]) == 0
+    cli = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [t["text"] for t in data["texts"]] == [c["text"] for c in cli]
+    assert cli[0]["mix"] == {a: 0.3, b: 0.7} and cli[0]["options"]["guidance"] == 2.0
+
+
 @pytest.mark.parametrize("body, status, field", [
     ({"label": "neutral"}, 422, "label"),
     ({"n": 1}, 422, "label"),
@@ -101,11 +121,18 @@ def test_generate_equals_the_cli(server, trained_run, capsys):
     ({"label": "L", "prompt": "这" * 40, "max_new_tokens": 40}, 422, None),
     ({"label": "L", "prompt": "长" * 3000}, 413, None),
     (["L"], 422, None),
+    ({"label": {"L": 0.5}}, 422, "label"),
+    ({"label": {"L": "half"}}, 422, "label"),
+    ({"label": "L", "guidance": -1}, 422, "guidance"),
+    ({"label": "L", "guidance": 2, "negative_label": "neutral"}, 422, "negative_label"),
+    ({"label": "L", "negative_label": "L"}, 422, "negative_label"),
+    ({"label": "L", "guidance": 2, "negative_label": 0}, 422, "negative_label"),
 ])
 def test_bad_requests_are_json_errors_naming_the_field(server, body, status, field):
     url, service = server
-    if isinstance(body, dict) and body.get("label") == "L":
-        body = {**body, "label": service.generator.labels[1]}
+    name = service.generator.labels[1]
+    if isinstance(body, dict):
+        body = json.loads(json.dumps(body).replace('"L"', json.dumps(name)))
     for path in ("/v1/generate", "/v1/generate/stream"):
         answer = post(url, path, body)
         assert answer.status_code == status, answer.text

@@ -26,8 +26,12 @@ def register(sub):
                    help="checkpoint of the run and of the baseline (default best)")
     p.add_argument("--samples", type=int, default=5,
                    help="generated texts per label shown in report.md (default 5)")
+    p.add_argument("--negative-label", metavar="NAME",
+                   help="with --guidance above 1: guide away from this label instead of the "
+                        "null condition")
     # The generation options (beams and greedy left out: evaluation samples).
     # --seed also draws the real texts; --batch-size also bounds scoring.
+    # Lists sweep: every combination is one setting, all from one loaded model.
     table.add_flags(p, evaluate=True)
     p.set_defaults(func=run)
 
@@ -36,20 +40,26 @@ def run(args):
     for flag, value, low in (("-n", args.n, 1), ("--samples", args.samples, 0)):
         if value < low:
             raise UserError(f"{flag}: must be at least {low}, got {value}")
-    options = table.from_flags(args, evaluate=True)
-    # The flags' own rules, before the run is read (which fills in the rest).
-    table.resolve(table.GenerationOptions(), options,
-                  spell=table.as_flag)
+    sweep = table.sweep(table.from_flags(args, evaluate=True))
+    for overrides in sweep:  # the flags' own rules, before the run is read
+        table.resolve(table.GenerationOptions(), overrides, spell=table.as_flag)
 
-    from cln_textgen.evaluation.report import summary_lines
+    from cln_textgen.evaluation.report import summary_lines, sweep_lines
     from cln_textgen.evaluation.evaluate import EvalSettings, evaluate
 
     settings = EvalSettings(
         run=args.run, classifier=args.classifier, baseline_run=args.baseline_run, n=args.n,
-        split=args.split, checkpoint=args.checkpoint, samples=args.samples, options=options)
-    report, folder = evaluate(settings, say=say)
+        split=args.split, checkpoint=args.checkpoint, samples=args.samples, sweep=sweep,
+        negative_label=args.negative_label)
+    reports, folder = evaluate(settings, say=say)
     say()
-    for line in summary_lines(report):
-        say(line)
-    say(f"report: {folder}/report.md (figures: report.json, plot: report.png)")
+    if len(reports) == 1:
+        for line in summary_lines(reports[0]):
+            say(line)
+        say(f"report: {folder}/report.md (figures: report.json, plot: report.png)")
+    else:
+        for line in sweep_lines(reports):
+            say(line)
+        say(f"report: {folder}/sweep.md (trade-off: tradeoff.png; each setting in "
+            "setting-N/)")
     return 0

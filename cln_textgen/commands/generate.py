@@ -16,7 +16,14 @@ def register(sub):
                     "--show-options lists the values in effect without generating. The "
                     "options in effect and the checkpoint are printed to standard error.")
     p.add_argument("--run", required=True, metavar="DIR", help="the run folder")
-    p.add_argument("--label", metavar="NAME", help="label name, or 'all' for every label")
+    p.add_argument("--label", metavar="NAME",
+                   help="label name, 'all' for every label, or a mix of labels such as "
+                        "positive=0.7,negative=0.3 (weights >= 0 summing to 1: the text is "
+                        "conditioned on the weighted mix of their embeddings)")
+    p.add_argument("--negative-label", metavar="NAME",
+                   help="with --guidance above 1: guide away from this label instead of the "
+                        "null condition (the only way for runs trained without "
+                        "model.label_dropout)")
     p.add_argument("-n", type=int, metavar="N",
                    help=f"texts per label (default: {table.SAMPLES_DEFAULT} when sampling, "
                         "num_beams with beam search, 1 greedy)")
@@ -39,7 +46,7 @@ def register(sub):
 def resolve_request(args):
     """The run, its labels and the options in effect, all checked without
     TensorFlow: ``(run, labels, options, n)``."""
-    from cln_textgen.generation.request import label_ids
+    from cln_textgen.generation.request import contrast, label_ids
     from cln_textgen.runs.folder import open_run
 
     run_dir = open_run(args.run)
@@ -52,6 +59,7 @@ def resolve_request(args):
         raise UserError(problem)
     if args.label is not None:
         label_ids(labels, args.label)
+    contrast(labels, run_dir.read_model_config().null_id, options.guidance, args.negative_label)
     return run_dir, labels, options, n
 
 
@@ -71,7 +79,7 @@ def run(args):
                         "and --output, or drop --stream")
 
     from cln_textgen.generation.generator import TextGenerator
-    from cln_textgen.generation.request import checkpoint_step
+    from cln_textgen.generation.request import checkpoint_step, condition_name
 
     generator = TextGenerator.from_run(args.run, args.checkpoint, label=args.label)
     print(f"options: n={n} {table.describe(options)}", file=sys.stderr)
@@ -85,14 +93,16 @@ def run(args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # said once above, in one line
         if args.stream:
-            names = [generator.labels[i] for i in generator.label_ids(args.label)
-                     for _ in range(n)]
+            names = [condition_name(generator.labels, c)
+                     for c in generator.label_ids(args.label) for _ in range(n)]
             printer = OrderedStream(names, args.prompt)
-            generator.generate(args.label, n=n, prompt=args.prompt, stream=printer, **overrides)
+            generator.generate(args.label, n=n, prompt=args.prompt, stream=printer,
+                               negative_label=args.negative_label, **overrides)
             return 0
-        samples = generator.generate(args.label, n=n, prompt=args.prompt, **overrides)
+        samples = generator.generate(args.label, n=n, prompt=args.prompt,
+                                     negative_label=args.negative_label, **overrides)
     if args.format == "jsonl":
-        made_with = generator.describe(options, n)
+        made_with = generator.describe(options, n, args.negative_label)
         text = "".join(json.dumps({**s, **made_with}, ensure_ascii=False) + "\n"
                        for s in samples)
     else:

@@ -84,6 +84,19 @@ def pad_batch(token_ids, label_ids, indices, pad_id=0, length_multiple=1, rows_m
     return tokens, labels
 
 
+# Keeps the label-dropout draws apart from any other stream seeded by (seed, ...).
+_LABEL_DROPOUT_STREAM = 0x1abe1
+
+
+def drop_labels(labels, rate, null_id, seed, step, micro=0):
+    """``labels`` with each row replaced by ``null_id`` with probability ``rate``.
+    Which rows is a pure function of ``(seed, step, micro)``: a resumed run
+    drops the same rows as an unbroken one."""
+    rng = np.random.default_rng([seed, step, micro, _LABEL_DROPOUT_STREAM])
+    drop = rng.random(len(labels)) < rate
+    return np.where(drop, null_id, labels).astype(np.int32)
+
+
 def real_targets(tokens, pad_id=0):
     """How many next-token targets of a padded batch are real (not padding)."""
     return int(np.count_nonzero(tokens[:, 1:] != pad_id))

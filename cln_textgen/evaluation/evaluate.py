@@ -29,8 +29,9 @@ from cln_textgen.evaluation.classifier import Classifier, ClassifierDir, default
 from cln_textgen.config import load_config
 from cln_textgen.data.corpus import load_split
 from cln_textgen.errors import UserError
-from cln_textgen.evaluation.report import FIGURES, NGRAM, SELF_BLEU_N, write_report
+from cln_textgen.evaluation.report import FIGURES, NGRAM, SELF_BLEU_N, write_reports
 from cln_textgen.generation.generator import TextGenerator, resolve_checkpoint
+from cln_textgen.generation.request import contrast
 from cln_textgen.options import as_flag, resolve
 from cln_textgen.runs.folder import open_run
 from cln_textgen.training.step import make_scorer, split_loss
@@ -45,9 +46,11 @@ class EvalSettings:
     split: str = "test"  # where the real texts come from
     checkpoint: str = "best"
     samples: int = 5  # generated texts per label shown in report.md
-    # Generation overrides of the run's generate: section; their seed also
-    # draws the real texts, their batch_size also bounds scoring.
-    options: dict = dataclasses.field(default_factory=dict)
+    # The generation settings to evaluate: overrides of the run's generate:
+    # section, one dict per setting (cln_textgen.options.sweep).  The first
+    # setting's seed draws the real texts, its batch_size bounds scoring.
+    sweep: list = dataclasses.field(default_factory=lambda: [{}])
+    negative_label: str | None = None  # what guidance contrasts with (None: the null condition)
 
 
 @dataclasses.dataclass
@@ -61,7 +64,7 @@ class Checked:
     classifier: ClassifierDir
     baseline: object  # RunDir or None
     notes: list
-    options: object  # the GenerationOptions in effect
+    sweep: list  # the GenerationOptions of each setting
 
 
 def _preflight(s):
@@ -111,25 +114,26 @@ def _preflight(s):
             notes.append(f"the baseline started from {base_config.model.pretrained}, the run "
                          f"from {config.model.pretrained}")
     # Evaluation samples: beams and greedy decoding give (nearly) one text.
-    options = resolve(config.generate, {**s.options, "num_beams": 1, "greedy": False},
-                      spell=as_flag)
-    return Checked(run, config, labels, checkpoint, split_path, folder, baseline, notes, options)
+    sweep = [resolve(config.generate, {**overrides, "num_beams": 1, "greedy": False},
+                     spell=as_flag) for overrides in s.sweep]
+    null_id = run.read_model_config().null_id
+    for options in sweep:
+        contrast(labels, null_id, options.guidance, s.negative_label)
+    return Checked(run, config, labels, checkpoint, split_path, folder, baseline, notes, sweep)
 
 
 def evaluate(s, say=print):
-    """Run the whole evaluation; returns ``(report, folder)``."""
+    """Run the whole evaluation, one report per setting of ``s.sweep`` (the
+    model, the classifier, the baseline and the real texts are loaded and
+    judged once); returns ``(reports, folder)``."""
     checked = _preflight(s)
     run, config, labels, checkpoint = (checked.run, checked.config, checked.labels,
                                        checked.checkpoint)
-    folder, baseline, notes = checked.classifier, checked.baseline, checked.notes
+    folder, baseline = checked.classifier, checked.baseline
+    first = checked.sweep[0]
+    batch_size = first.batch_size
 
     generator = TextGenerator.from_run(run.path, s.checkpoint)
-    options = checked.options
-    batch_size = options.batch_size
-    say(f"generating {s.n} texts per label from {checkpoint}")
-    generated = {label: [x["text"] for x in generator.generate(
-        label, n=s.n, **dataclasses.asdict(options))] for label in labels}
-
     tokenizer = generator.tokenizer
     splits = {}
 
@@ -138,58 +142,88 @@ def evaluate(s, say=print):
             splits[name] = load_split(name, getattr(config.data, name), config, tokenizer, labels)
         return splits[name]
 
-    real = _sample_real(split(s.split), tokenizer, labels, s.n, options.seed)
+    notes = list(checked.notes)
+    real = _sample_real(split(s.split), tokenizer, labels, s.n, first.seed)
     for label in labels:
         if len(real[label]) < s.n:
             notes.append(f"label {label}: only {len(real[label])} real texts in the {s.split} "
                          f"split for {s.n} generated; figures that depend on the count "
                          "(Distinct-n, Self-BLEU) compare less well")
-    groups = {"generated": generated, "real": real}
-    table = {label: {g: {"count": len(groups[g][label])} for g in groups} for label in labels}
-
-    say(f"judging the label with the classifier in {folder.path}")
     judge = Classifier.load(folder.path)
-    _judge(judge, groups, labels, table, batch_size)
-    say("diversity, length and copies of training text")
-    _text_figures(groups, [tokenizer.decode(ids) for ids in split("train").encoded.token_ids],
-                  labels, table)
-
-    say("perplexity" + (" (run and baseline)" if baseline else ""))
+    train_texts = [tokenizer.decode(ids) for ids in split("train").encoded.token_ids]
     real_splits = [name for name in ("valid", "test") if getattr(config.data, name)]
+    say("perplexity of real text" + (" (run and baseline)" if baseline else ""))
     score = make_scorer(generator.model, tokenizer.pad_id, batch_size)
     perplexity = {"run": {name: _perplexities(score, split(name).encoded.token_ids,
                                               split(name).encoded.label_ids, labels)
                           for name in real_splits}, "baseline": None}
+    base = None
     if baseline is not None:
-        perplexity["baseline"] = _baseline_perplexities(
-            baseline, s, config, labels, real_splits, groups, table, batch_size)
+        base = _Baseline(baseline, s.checkpoint, batch_size)
+        perplexity["baseline"] = base.splits(config, labels, real_splits)
+    say(f"judging real text with the classifier in {folder.path}")
+    real_figures = _figures(judge, base, {"real": real}, train_texts, labels, batch_size)
 
-    report = {
-        "run": str(run.path), "checkpoint": str(checkpoint),
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "settings": {
-            "n_per_label": s.n, "seed": options.seed, "real_split": s.split,
-            "real_file": str(checked.split_path), "batch_size": batch_size,
-            "generation": dataclasses.asdict(options),
-            "generation_seeds": "text i of every label draws from (seed, i), whatever the "
-                                "batch size: every label gets the same seeds; the seed "
-                                "also draws the real texts",
-            "units": "CJK characters, words (letter/digit runs), punctuation marks",
-            "ngram_n": NGRAM, "self_bleu_max_n": SELF_BLEU_N,
-            "classifier": str(folder.path),
-            "baseline_run": str(baseline.path) if baseline else None,
-        },
-        "classifier": {"dir": str(folder.path), "test_accuracy": judge.report["test"]["micro"],
-                       "test_macro_accuracy": judge.report["test"]["macro"],
-                       "test_examples": judge.report["test"]["examples"]},
-        "labels": table,
-        "macro": {g: {key: metrics.macro(table[label][g].get(key) for label in labels)
-                      for key, _, _ in FIGURES} for g in groups},
-        "perplexity": perplexity,
-        "notes": notes,
-    }
-    out = write_report(run, report, generated, s.samples)
-    return report, out
+    reports = []
+    for k, options in enumerate(checked.sweep, 1):
+        where = f"setting {k}/{len(checked.sweep)}: " if len(checked.sweep) > 1 else ""
+        say(f"{where}generating {s.n} texts per label from {checkpoint} "
+            f"({describe_changes(options, config.generate)})")
+        generated = {label: [x["text"] for x in generator.generate(
+            label, n=s.n, negative_label=s.negative_label, **dataclasses.asdict(options))]
+            for label in labels}
+        say(f"{where}judging, diversity, copies of training text"
+            + (", baseline perplexity" if base else ""))
+        table = _figures(judge, base, {"generated": generated}, train_texts, labels, batch_size)
+        for label in labels:
+            table[label]["real"] = real_figures[label]["real"]
+        report = {
+            "run": str(run.path), "checkpoint": str(checkpoint),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "settings": {
+                "n_per_label": s.n, "seed": options.seed, "real_split": s.split,
+                "real_file": str(checked.split_path), "batch_size": batch_size,
+                "generation": dataclasses.asdict(options),
+                "negative_label": s.negative_label,
+                "generation_seeds": "text i of every label draws from (seed, i), whatever the "
+                                    "batch size: every label gets the same seeds; the seed "
+                                    "of the first setting also draws the real texts",
+                "units": "CJK characters, words (letter/digit runs), punctuation marks",
+                "ngram_n": NGRAM, "self_bleu_max_n": SELF_BLEU_N,
+                "classifier": str(folder.path),
+                "baseline_run": str(baseline.path) if baseline else None,
+            },
+            "classifier": {"dir": str(folder.path),
+                           "test_accuracy": judge.report["test"]["micro"],
+                           "test_macro_accuracy": judge.report["test"]["macro"],
+                           "test_examples": judge.report["test"]["examples"]},
+            "labels": table,
+            "macro": {g: {key: metrics.macro(table[label][g].get(key) for label in labels)
+                          for key, _, _ in FIGURES} for g in ("generated", "real")},
+            "perplexity": perplexity,
+            "notes": notes,
+        }
+        reports.append((report, generated))
+    out = write_reports(run, reports, s.samples)
+    return [report for report, _ in reports], out
+
+
+def describe_changes(options, defaults):
+    """``name=value`` of the options that differ from the run's generate: section."""
+    changed = [f"{name}={value}" for name, value in dataclasses.asdict(options).items()
+               if getattr(defaults, name) != value]
+    return " ".join(changed) or "the run's generate: section"
+
+
+def _figures(judge, base, groups, train_texts, labels, batch_size):
+    """Every figure of each group of texts (``{group: {label: texts}}``), as
+    ``{label: {group: figures}}``."""
+    table = {label: {g: {"count": len(groups[g][label])} for g in groups} for label in labels}
+    _judge(judge, groups, labels, table, batch_size)
+    _text_figures(groups, train_texts, labels, table)
+    if base is not None:
+        base.texts(groups, labels, table)
+    return table
 
 
 def _judge(judge, groups, labels, table, batch_size):
@@ -246,21 +280,31 @@ def _perplexities(score, token_ids, label_ids, labels):
     return out
 
 
-def _baseline_perplexities(baseline, s, config, labels, split_names, groups, table, batch_size):
-    """The baseline's perplexity on the real splits (returned) and on the
-    generated and real texts of each label (written into ``table``)."""
-    base_config = baseline.read_config()
-    base = TextGenerator.from_run(baseline.path, s.checkpoint)
-    tokenizer = base.tokenizer
-    score = make_scorer(base.model, tokenizer.pad_id, batch_size)
-    out = {}
-    for name in split_names:  # the run's files, in the baseline's vocabulary
-        e = load_split(name, getattr(config.data, name), config, tokenizer, labels).encoded
-        out[name] = _perplexities(score, e.token_ids, e.label_ids, labels)
-    for g, texts in groups.items():
-        pairs = [(tokenizer.encode(t, base_config.data.max_length), i)
-                 for i, label in enumerate(labels) for t in texts[label]]
-        ppl = _perplexities(score, [p[0] for p in pairs], [p[1] for p in pairs], labels)
-        for label in labels:
-            table[label][g]["baseline_perplexity"] = ppl[label]
-    return out
+class _Baseline:
+    """The unconditional baseline run, loaded once: its perplexity on the real
+    splits and on any texts."""
+
+    def __init__(self, baseline, checkpoint, batch_size):
+        self.config = baseline.read_config()
+        generator = TextGenerator.from_run(baseline.path, checkpoint)
+        self.tokenizer = generator.tokenizer
+        self.score = make_scorer(generator.model, self.tokenizer.pad_id, batch_size)
+
+    def splits(self, config, labels, split_names):
+        """Perplexity of the run's real splits, read in the baseline's vocabulary."""
+        out = {}
+        for name in split_names:
+            e = load_split(name, getattr(config.data, name), config, self.tokenizer,
+                           labels).encoded
+            out[name] = _perplexities(self.score, e.token_ids, e.label_ids, labels)
+        return out
+
+    def texts(self, groups, labels, table):
+        """``baseline_perplexity`` of each group's texts, per label, into ``table``."""
+        for g, texts in groups.items():
+            pairs = [(self.tokenizer.encode(t, self.config.data.max_length), i)
+                     for i, label in enumerate(labels) for t in texts[label]]
+            ppl = _perplexities(self.score, [p[0] for p in pairs], [p[1] for p in pairs],
+                                labels)
+            for label in labels:
+                table[label][g]["baseline_perplexity"] = ppl[label]

@@ -34,25 +34,132 @@ def _fmt(value, kind=".3f"):
     return f"{100 * value:.1f} %" if kind == "%" else format(value, kind)
 
 
-def write_report(run, report, generated, samples):
-    """``evaluation/<time>/``: report.json, report.md, report.png, generations.jsonl."""
+# The figures of a sweep's table and printed summary, in this order.
+SWEPT = ("label_accuracy", "target_probability", "baseline_perplexity", "distinct_2",
+         "self_bleu_4", "train_ngram_overlap", "length_mean")
+
+
+def write_reports(run, reports, samples):
+    """``evaluation/<time>/``: for one setting its report (:func:`write_report`);
+    for a sweep, sweep.json, sweep.md, tradeoff.png and each setting's report
+    in ``setting-N/``.  ``reports``: ``(report, generated texts)`` pairs."""
     base = run.path / "evaluation" / time.strftime("%Y%m%d-%H%M%S")
     out, k = base, 1
     while out.exists():  # two evaluations within one second
         k += 1
         out = base.with_name(f"{base.name}-{k}")
     try:
-        out.mkdir(parents=True)
-        write_text_atomic(out / "report.json",
-                          json.dumps(report, ensure_ascii=False, indent=2) + "\n")
-        write_text_atomic(out / "generations.jsonl", "".join(
-            json.dumps({"label": label, "text": t}, ensure_ascii=False) + "\n"
-            for label, texts in generated.items() for t in texts))
-        write_text_atomic(out / "report.md", _markdown(report, generated, samples))
-        _plot(report, out / "report.png")
+        if len(reports) == 1:
+            write_report(out, *reports[0], samples)
+            return out
+        for k, (report, generated) in enumerate(reports, 1):
+            write_report(out / f"setting-{k}", report, generated, samples)
+        summary = [report for report, _ in reports]
+        write_text_atomic(out / "sweep.json", json.dumps(
+            [{"setting": k, "generation": r["settings"]["generation"], "macro": r["macro"]}
+             for k, r in enumerate(summary, 1)], ensure_ascii=False, indent=2) + "\n")
+        write_text_atomic(out / "sweep.md", _sweep_markdown(summary))
+        _plot_tradeoff(summary, out / "tradeoff.png")
     except OSError as e:
         raise UserError(f"{out}: cannot write the report ({e.strerror})") from None
     return out
+
+
+def write_report(out, report, generated, samples):
+    """``out/``: report.json, report.md, report.png, generations.jsonl."""
+    out.mkdir(parents=True)
+    write_text_atomic(out / "report.json",
+                      json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    write_text_atomic(out / "generations.jsonl", "".join(
+        json.dumps({"label": label, "text": t}, ensure_ascii=False) + "\n"
+        for label, texts in generated.items() for t in texts))
+    write_text_atomic(out / "report.md", _markdown(report, generated, samples))
+    _plot(report, out / "report.png")
+
+
+def varied(reports):
+    """Names of the generation options whose value differs between ``reports``."""
+    first = reports[0]["settings"]["generation"]
+    return [name for name in first
+            if any(r["settings"]["generation"][name] != first[name] for r in reports)]
+
+
+def setting_name(report, names):
+    """``guidance=2 temperature=0.7``: a setting by the options a sweep varies."""
+    g = report["settings"]["generation"]
+    return " ".join(f"{name}={g[name]:g}" if isinstance(g[name], float) else f"{name}={g[name]}"
+                    for name in names)
+
+
+def _sweep_rows(reports):
+    """``(name, figures)`` per setting, then real text (macro averages)."""
+    names = varied(reports)
+    return ([(setting_name(r, names), r["macro"]["generated"]) for r in reports]
+            + [("real text", reports[0]["macro"]["real"])])
+
+
+def _sweep_markdown(reports):
+    kinds = {key: (name, kind) for key, name, kind in FIGURES}
+    keys = [k for k in SWEPT if reports[0]["macro"]["generated"].get(k) is not None]
+    first = reports[0]
+    lines = [f"# Sweep of {first['run']}", "",
+             f"- checkpoint: `{first['checkpoint']}`, {first['created']}",
+             f"- {first['settings']['n_per_label']} texts per label per setting; the other "
+             "options as in `setting-1/report.md`; macro averages over the labels",
+             f"- classifier accuracy on its test split: "
+             f"{_fmt(first['classifier']['test_accuracy'], '%')}", "",
+             "| setting | " + " | ".join(kinds[k][0] for k in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for name, figures in _sweep_rows(reports):
+        lines.append(f"| {name} | " + " | ".join(_fmt(figures.get(k), kinds[k][1]) for k in keys)
+                     + " |")
+    lines += ["", "![trade-off](tradeoff.png)", ""]
+    return "\n".join(lines)
+
+
+def sweep_lines(reports):
+    """The printed summary of a sweep: one line per setting, then real text."""
+    kinds = {key: kind for key, _, kind in FIGURES}
+    shown = [("label_accuracy", "label acc"), ("baseline_perplexity", "ppl (baseline)"),
+             ("distinct_2", "Distinct-2"), ("self_bleu_4", "Self-BLEU-4")]
+    shown = [(k, t) for k, t in shown if reports[0]["macro"]["generated"].get(k) is not None]
+    table = [["setting"] + [t for _, t in shown]]
+    for name, figures in _sweep_rows(reports):
+        table.append([name] + [_fmt(figures.get(k), kinds[k]) for k, _ in shown])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+
+
+def _plot_tradeoff(reports, path):
+    """Label accuracy against Distinct-2 and against Self-BLEU-4, one point per
+    setting and one for real text: which setting buys control without collapse."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _sweep_rows(reports)
+    panels = (("distinct_2", "Distinct-2 (higher: more varied)"),
+              ("self_bleu_4", "Self-BLEU-4 (lower: more varied)"))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), dpi=110)
+    for ax, (key, title) in zip(axes, panels):
+        for name, figures in rows:
+            x, y = figures.get(key), figures.get("label_accuracy")
+            if x is None or y is None:
+                continue
+            real = name == "real text"
+            ax.scatter(x, 100 * y, marker="*" if real else "o", s=160 if real else 40,
+                       color="0.3" if real else "tab:blue", zorder=3)
+            ax.annotate(name, (x, 100 * y), xytext=(4, 4), textcoords="offset points",
+                        fontsize=7)
+        ax.set_xlabel(title, fontsize=9)
+        ax.set_ylabel("label accuracy (classifier), %", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{reports[0]['run']}: label control against diversity "
+                 "(star: real text)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _figure_table(columns):

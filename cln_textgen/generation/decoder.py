@@ -40,6 +40,17 @@ _MASKED = -1e9
 _LENGTH_BUCKET = 16
 
 
+def condition_weights(conditions, size):
+    """``(rows, size)`` float32 weights over the label embedding's rows, one row
+    per condition: a label id (weight 1 on it) or a mix, ``((id, weight), ...)``.
+    A one-hot row picks its label's embedding exactly, as a gather would."""
+    weights = np.zeros((len(conditions), size), np.float32)
+    for row, condition in enumerate(conditions):
+        for label, weight in ((condition, 1.0),) if np.isscalar(condition) else condition:
+            weights[row, int(label)] += weight
+    return weights
+
+
 def left_pad(prompts, value):
     """``(rows, longest)`` int32 array of ``prompts`` padded on the left, and the
     number of pad columns of each row."""
@@ -113,10 +124,11 @@ class CachedDecoder:
                     "steps": Bounded(self._KEEP_STEPS)}
         return self._compiled.get((rows, length), make)
 
-    def start(self, prompts, label_ids, max_new_tokens):
-        """Run ``prompts`` (lists of ids, ``[CLS]`` first) for rows labelled
-        ``label_ids``; returns ``(state, logits)``, logits ``(rows, vocab)`` of
-        the first new token.  The cache holds ``max_new_tokens`` more tokens."""
+    def start(self, prompts, conditions, max_new_tokens):
+        """Run ``prompts`` (lists of ids, ``[CLS]`` first) for rows conditioned on
+        ``conditions`` (label ids or mixes, see :func:`condition_weights`);
+        returns ``(state, logits)``, logits ``(rows, vocab)`` of the first new
+        token.  The cache holds ``max_new_tokens`` more tokens."""
         tokens, pads = left_pad(prompts, 0)
         rows, prompt_length = tokens.shape
         # The last new token is never fed; the longest row has no padding.
@@ -130,8 +142,10 @@ class CachedDecoder:
                 for _ in range(self.num_layers)]
         values = [tf.Variable(tf.zeros((rows, length, self.heads, self.head_size)), trainable=False)
                   for _ in range(self.num_layers)]
-        labels = tf.constant(np.asarray(label_ids, np.int32).reshape(rows))
-        state = DecodeState(keys, values, tf.constant(pads), self._norms(labels), 0)
+        # An unconditional model ignores the condition: any weights will do.
+        weights = (condition_weights(conditions, self.condition_rows) if self.condition_rows
+                   else np.zeros((rows, 1), np.float32))
+        state = DecodeState(keys, values, tf.constant(pads), self._norms(tf.constant(weights)), 0)
         prefill = self.compiled(rows, length)["prefill"]
         logits = prefill(tf.constant(tokens), tf.constant(0), state.pads, state.norms, keys, values)
         state.index = prompt_length
@@ -162,10 +176,17 @@ class CachedDecoder:
         self.compiled(len(rows), state.length)["gather"](
             tf.constant(np.asarray(rows, np.int32)), state.keys, state.values)
 
-    def _norm_offsets(self, labels):
+    @property
+    def condition_rows(self):
+        """Rows of the label embedding (the labels, then the null condition if
+        any); 0 for an unconditional model."""
+        embedding = self.parts.label_embedding
+        return 0 if embedding is None else int(embedding.input_dim)
+
+    def _norm_offsets(self, weights):
         cond = None
         if self.parts.label_embedding is not None:
-            cond = tf.gather(self.parts.label_embedding.embeddings, labels)
+            cond = tf.matmul(weights, self.parts.label_embedding.embeddings)
         return tuple(layer.condition_offsets(cond, rank=3) for layer in self.norm_layers)
 
     @staticmethod

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from cln_textgen import options as table
 from cln_textgen.errors import UserError
-from cln_textgen.generation.request import checkpoint_step, label_ids
+from cln_textgen.generation.request import (checkpoint_step, condition_name,
+                                            condition_weights_by_name, contrast, label_ids)
 from cln_textgen.generation.texts import Decoding, generate
 from cln_textgen.options import GenerationOptions
 from cln_textgen.model.modeling import build_model
@@ -88,8 +89,9 @@ class TextGenerator:
     """
 
     def __init__(self, model, tokenizer, labels, defaults=None, checkpoint=None, run=None,
-                 jit_compile=True):
+                 jit_compile=True, null_id=None):
         self.model = model
+        self.null_id = null_id  # the null condition's id (runs trained with label dropout)
         self.tokenizer = tokenizer
         self.labels = list(labels)
         self.defaults = defaults or GenerationOptions()
@@ -107,13 +109,19 @@ class TextGenerator:
         if label is not None:
             label_ids(labels, label)
         resolve_checkpoint(run, checkpoint)  # fails fast: building the model takes seconds
-        model, _, path = load_model(run, checkpoint)
+        model, model_config, path = load_model(run, checkpoint)
         tokenizer = TextTokenizer.from_file(run.vocab, config.model.lower_case)
-        return cls(model, tokenizer, labels, config.generate, path, run.path)
+        return cls(model, tokenizer, labels, config.generate, path, run.path,
+                   null_id=model_config.null_id)
 
     def label_ids(self, label):
-        """Ids for ``label``: a name, a list of names, or ``"all"``."""
+        """Conditions for ``label``: a name, ``"all"``, a mix (``"a=0.7,b=0.3"``
+        or ``{"a": 0.7, "b": 0.3}``), or a list of names and mixes."""
         return label_ids(self.labels, label)
+
+    def contrast(self, options, negative_label=None):
+        """The condition ``options.guidance`` pushes away from (``None`` unguided)."""
+        return contrast(self.labels, self.null_id, options.guidance, negative_label)
 
     def options(self, **overrides):
         """The generator's defaults (the run's ``generate:`` section) with
@@ -125,24 +133,29 @@ class TextGenerator:
         return sorted({c for c in prompt if not c.isspace()
                        and self.tokenizer.unk_id in self.tokenizer.encode(c)})
 
-    def describe(self, opts, n):
+    def describe(self, opts, n, negative_label=None):
         """What a result was made with: saved beside each text in JSONL."""
         return {"options": {o.name: getattr(opts, o.name) for o in table.OPTIONS}, "n": n,
+                "negative_label": negative_label,
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None,
                 "step": checkpoint_step(self.checkpoint),
                 "run": str(Path(self.run).resolve()) if self.run else None}
 
-    def generate(self, label, n=None, prompt="", stream=None, **options):
-        """``n`` samples per label as dicts ``{label, text, prompt, seed}``.
+    def generate(self, label, n=None, prompt="", stream=None, negative_label=None, **options):
+        """``n`` samples per label as dicts ``{label, text, prompt, seed}`` (and
+        ``mix``, ``{label: weight}``, for a mix of labels).
 
         ``n`` defaults by decoding mode: 1 greedy, ``num_beams`` with beam
         search, otherwise 5.  ``text`` is ``prompt`` exactly as given, then
         the continuation; a prompt with characters the vocabulary lacks gets
         a warning (the model sees [UNK] there).  ``stream(row, text_piece)``,
         if given, receives the continuation as it is produced (``row`` indexes
-        the returned list; ``None`` ends a row).
+        the returned list; ``None`` ends a row).  With ``guidance`` above 1,
+        ``negative_label`` names the label guidance pushes away from; by
+        default the run's null condition.
         """
         opts = self.options(**options)
+        guided_from = self.contrast(opts, negative_label)
         n = table.default_n(opts) if n is None else n
         problem = table.check_n(n, opts)
         if problem:
@@ -154,6 +167,13 @@ class TextGenerator:
                           "vocabulary: the model sees [UNK] there (the text keeps them)",
                           stacklevel=2)
         out = generate(self.model, self.tokenizer, ids, n=n, prompt=prompt, options=opts,
-                       stream=stream, decoding=self.decoding)
-        return [{"label": self.labels[g.label_id], "text": g.text, "prompt": prompt,
-                 "seed": opts.seed} for g in out]
+                       stream=stream, decoding=self.decoding, contrast=guided_from)
+        return [self._result(g, prompt, opts.seed) for g in out]
+
+    def _result(self, generation, prompt, seed):
+        condition = generation.label_id
+        result = {"label": condition_name(self.labels, condition), "text": generation.text,
+                  "prompt": prompt, "seed": seed}
+        if isinstance(condition, tuple):
+            result["mix"] = condition_weights_by_name(self.labels, condition)
+        return result

@@ -4,7 +4,10 @@
 and applies what every strategy shares (banned tokens, the minimum length,
 the CTRL repetition penalty, no-repeat n-grams, temperature); a subclass only
 says how to pick a token from the processed logits (``get_next_token``).
-:class:`BeamSampler` replaces the loop, since it keeps scored hypotheses.
+:class:`~cln_textgen.generation.beams.BeamSampler` replaces the loop, since it
+keeps scored hypotheses.  Guidance (:func:`guide`) decodes each row beside a
+contrast row in the same batch and combines their log-probabilities before
+any of this.
 
 The logit work runs as TensorFlow ops, so only the chosen ids reach Python.
 Samplers whose choice XLA compiles well (greedy, top-k: a draw among k
@@ -61,6 +64,16 @@ def _token_counts(logits, ids):
     return tf.scatter_nd(indices, tf.cast(valid, logits.dtype), tf.shape(logits))
 
 
+def guide(logits, guidance):
+    """Classifier-free guidance (Ho & Salimans 2022) on ``(2 r, vocab)`` logits:
+    the ``r`` conditioned rows first, then their contrast rows (the null
+    condition, or another label).  Returns ``(r, vocab)`` guided log-probabilities
+    ``log p_c + g * (log p_label - log p_c)``: ``g`` 1 is the label's own
+    distribution, 0 the contrast's, above 1 pushes away from the contrast."""
+    label, contrast = tf.split(tf.nn.log_softmax(logits), 2)
+    return contrast + tf.cast(guidance, logits.dtype) * (label - contrast)
+
+
 def row_seeds(seed, row_ids, step):
     """``(rows, 2)`` int64 stateless seeds of one step: ``(seed, row, step)`` per row."""
     rows = np.asarray(row_ids, np.int64)
@@ -97,6 +110,7 @@ class Sampler:
         self.no_repeat_ngram = int(no_repeat_ngram)
         self.seed = int(seed)
         self._choose = tf.function(self._choose_in_step)
+        self._choose_guided = tf.function(self._choose_guided_in_step)
 
     def process(self, logits, history, length, banned):
         """Logits with everything but the choice applied: ``banned`` ``(vocab,)``
@@ -116,10 +130,14 @@ class Sampler:
     def _choose_in_step(self, logits, history, length, banned, seed):
         return self.get_next_token(self.process(logits, history, length, banned), seed)
 
+    def _choose_guided_in_step(self, logits, guidance, history, length, banned, seed):
+        return self._choose_in_step(guide(logits, guidance), history, length, banned, seed)
+
     def __call__(self, decoder, prompts, label_ids, *, stop_id, banned_ids=(),
                  max_new_tokens=64, min_new_tokens=0, num_return=1, on_token=None, seed=None,
-                 row_ids=None):
-        """Generate from each prompt (a list of ids) with its label.
+                 row_ids=None, guidance=1.0, contrast=None):
+        """Generate from each prompt (a list of ids) with its label (an id or a
+        mix: see :func:`~cln_textgen.generation.decoder.condition_weights`).
 
         Returns ``len(prompts) * num_return`` lists of new ids (without the
         stop id), ``num_return`` consecutive ones per prompt.  ``on_token(row,
@@ -129,6 +147,9 @@ class Sampler:
         tensor, so one sampler serves every seed without tracing again;
         ``row_ids`` (default 0, 1, ...) number the returned rows for their
         seeds: a row draws the same tokens whatever other rows it is with.
+        ``guidance`` other than 1 guides every row away from the condition
+        ``contrast`` (see :func:`guide`): each row is decoded beside a copy
+        conditioned on ``contrast``, in the same batch and cache.
         """
         seed = self.seed if seed is None else int(seed)
         prompts = [list(p) for p in prompts for _ in range(num_return)]
@@ -136,24 +157,34 @@ class Sampler:
         labels = [label for label in label_ids for _ in range(num_return)]
         if max_new_tokens <= 0:
             return [[] for _ in prompts]
-        state, logits = decoder.start(prompts, labels, max_new_tokens)
+        guided = _guided(guidance, contrast)
+        if guided:
+            state, logits = decoder.start(prompts * 2, labels + [contrast] * len(labels),
+                                          max_new_tokens)
+            choose, choose_in_step = self._choose_guided, self._choose_guided_in_step
+            guiding = (tf.constant(guidance, tf.float32),)
+        else:
+            state, logits = decoder.start(prompts, labels, max_new_tokens)
+            choose, choose_in_step, guiding = self._choose, self._choose_in_step, ()
         history, start = _history(prompts, max_new_tokens)
         masks = _ban_masks(decoder.vocab_size, banned_ids, stop_id)
         finished = np.zeros(len(prompts), bool)
         generated = [[] for _ in prompts]
         for step in range(max_new_tokens):
-            args = (tf.constant(history), tf.constant(start + step),
-                    masks[step < min_new_tokens], tf.constant(row_seeds(seed, row_ids, step)))
+            args = guiding + (tf.constant(history), tf.constant(start + step),
+                              masks[step < min_new_tokens],
+                              tf.constant(row_seeds(seed, row_ids, step)))
             if step == 0:
-                chosen = self._choose(logits, *args).numpy()
+                chosen = choose(logits, *args).numpy()
             else:
                 # Finished rows are fed the stop id and their logits ignored:
                 # one fixed batch shape keeps the compiled step.
                 feed = np.where(finished, stop_id, chosen)
+                feed = np.concatenate([feed, feed]) if guided else feed
                 if self.in_step:
-                    chosen = decoder.step(state, feed, self._choose_in_step, args).numpy()
+                    chosen = decoder.step(state, feed, choose_in_step, args).numpy()
                 else:
-                    chosen = self._choose(decoder.step(state, feed), *args).numpy()
+                    chosen = choose(decoder.step(state, feed), *args).numpy()
             history[:, start + step] = np.where(finished, -1, chosen)
             for row in np.flatnonzero(~finished).tolist():
                 token = int(chosen[row])
@@ -170,6 +201,15 @@ class Sampler:
             for row in np.flatnonzero(~finished).tolist():
                 on_token(row, None)
         return generated
+
+
+def _guided(guidance, contrast):
+    """Whether decoding is guided; guidance without a contrast is a caller's bug."""
+    if guidance == 1.0:
+        return False
+    if contrast is None:
+        raise ValueError(f"guidance {guidance} needs a contrast condition")
+    return True
 
 
 def _history(prompts, max_new_tokens):
@@ -275,107 +315,3 @@ class TopPSampler(Sampler):
         keep = tf.cumsum(probs, axis=-1, exclusive=True) < self.p  # the first always
         values = tf.where(keep, values, tf.constant(-np.inf, values.dtype))
         return tf.gather(indices, gumbel_draw(values, seed), batch_dims=1)
-
-
-class BeamSampler(Sampler):
-    """Beam search: the ``num_return`` best-scoring sequences of ``num_beams`` beams.
-
-    A sequence's score is the sum of its tokens' log-probabilities under the
-    processed logits (no length normalisation).  Since every step can only
-    lower a score, a prompt is done once ``num_return`` finished sequences
-    score at least as high as its best live beam: the result is then exactly
-    the best that this beam width finds.  With one beam this is greedy search.
-    ``on_token`` receives each returned sequence once it is final.
-    """
-
-    def __init__(self, num_beams=4, **kwargs):
-        super().__init__(**kwargs)
-        _check(num_beams=num_beams)
-        self.num_beams = int(num_beams)
-        self._candidates = tf.function(self._candidates_impl)
-
-    def _candidates_impl(self, logits, history, length, banned, scores):
-        # The 2 * beams best (score, beam * vocab + token) of each prompt: enough
-        # to keep `beams` live beams even if every one of the best ends.
-        log_probs = tf.nn.log_softmax(self.process(logits, history, length, banned))
-        total = scores[:, None] + log_probs
-        total = tf.reshape(total, (-1, self.num_beams * log_probs.shape[-1]))
-        return tf.math.top_k(total, k=2 * self.num_beams)
-
-    def __call__(self, decoder, prompts, label_ids, *, stop_id, banned_ids=(),
-                 max_new_tokens=64, min_new_tokens=0, num_return=1, on_token=None, seed=None,
-                 row_ids=None):
-        del seed, row_ids  # beam search draws nothing at random
-        beams = self.num_beams
-        if num_return > beams:
-            raise ValueError(f"beam search returns at most num_beams={beams} sequences, "
-                             f"not {num_return}")
-        groups = len(prompts)
-        rows = [list(p) for p in prompts for _ in range(beams)]
-        # Only the first beam of each prompt starts live, so the first step
-        # does not pick the same token once per identical beam.
-        scores = np.tile([0.0] + [-np.inf] * (beams - 1), groups).astype(np.float32)
-        tokens = [[] for _ in rows]
-        finished = [[] for _ in range(groups)]  # (score, ids) per prompt
-        done = np.zeros(groups, bool)
-        if max_new_tokens <= 0:
-            return self._best([[(0.0, [])]] * groups, num_return, on_token)
-        state, logits = decoder.start(rows, [label for label in label_ids for _ in range(beams)],
-                                      max_new_tokens)
-        history, start = _history(rows, max_new_tokens)
-        masks = _ban_masks(decoder.vocab_size, banned_ids, stop_id)
-        vocab = decoder.vocab_size
-        for step in range(max_new_tokens):
-            top_scores, top_ids = (t.numpy() for t in self._candidates(
-                logits, tf.constant(history), tf.constant(start + step),
-                masks[step < min_new_tokens], tf.constant(scores)))
-            parents = np.arange(len(rows))
-            chosen = np.full(len(rows), stop_id)
-            for group in np.flatnonzero(~done):
-                live = []
-                for rank, (score, flat) in enumerate(zip(top_scores[group], top_ids[group])):
-                    parent, token = group * beams + flat // vocab, flat % vocab
-                    if score == -np.inf or len(live) == beams:
-                        break
-                    if token == stop_id:
-                        if rank < beams:  # an end found below the beam width is not kept
-                            finished[group].append((float(score), tokens[parent]))
-                    else:
-                        live.append((float(score), parent, int(token)))
-                best = sorted(finished[group], key=lambda f: -f[0])
-                if not live or (len(best) >= num_return and best[num_return - 1][0] >= live[0][0]):
-                    done[group] = True
-                    continue
-                live += [(-np.inf, live[0][1], live[0][2])] * (beams - len(live))
-                for beam, (score, parent, token) in enumerate(live):
-                    row = group * beams + beam
-                    scores[row], parents[row], chosen[row] = score, parent, token
-            if done.all() or step == max_new_tokens - 1:
-                break
-            tokens = [tokens[p] + [int(t)] if not done[r // beams] else tokens[r]
-                      for r, (p, t) in enumerate(zip(parents, chosen))]
-            history = history[parents]
-            history[:, start + step] = chosen
-            scores[np.repeat(done, beams)] = -np.inf
-            decoder.reorder(state, parents)
-            logits = decoder.step(state, chosen)
-        for group in np.flatnonzero(~done):  # out of length: live beams count as ends
-            for row in range(group * beams, (group + 1) * beams):
-                if scores[row] > -np.inf:
-                    finished[group].append((float(scores[row]),
-                                            tokens[parents[row]] + [int(chosen[row])]))
-        return self._best(finished, num_return, on_token)
-
-    @staticmethod
-    def _best(finished, num_return, on_token):
-        results = []
-        for hypotheses in finished:
-            ranked = [ids for _, ids in sorted(hypotheses, key=lambda f: -f[0])]
-            # Fewer ends than asked for happens only when every token is banned.
-            results += (ranked + [[]] * num_return)[:num_return]
-        if on_token:
-            for row, ids in enumerate(results):
-                for token in ids:
-                    on_token(row, token)
-                on_token(row, None)
-        return results

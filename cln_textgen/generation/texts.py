@@ -14,9 +14,9 @@ import numpy as np
 
 from cln_textgen.errors import UserError
 from cln_textgen.generation.bounded import Bounded
+from cln_textgen.generation.beams import BeamSampler
 from cln_textgen.generation.decoder import CachedDecoder
-from cln_textgen.generation.samplers import (BeamSampler, GreedySampler, RandomSampler, TopKSampler,
-                                  TopPSampler)
+from cln_textgen.generation.samplers import GreedySampler, RandomSampler, TopKSampler, TopPSampler
 from cln_textgen.options import GenerationOptions, check_n
 
 __all__ = ["GenerationOptions", "Generation", "Decoding", "generate", "make_sampler"]
@@ -24,7 +24,7 @@ __all__ = ["GenerationOptions", "Generation", "Decoding", "generate", "make_samp
 
 @dataclasses.dataclass
 class Generation:
-    label_id: int
+    label_id: object  # the condition: a label id, or a mix ((id, weight), ...)
     prompt: str
     text: str  # the prompt exactly as given, then the continuation
     token_ids: list  # generated ids, without the prompt and without [SEP]
@@ -118,7 +118,7 @@ class _TextStream:
 
 
 def generate(model, tokenizer, label_ids, n=1, prompt="", options=None, *, prompts=None,
-             stream=None, decoding=None):
+             stream=None, decoding=None, contrast=None):
     """``n`` generations for each label id; same seed and options -> same texts
     (with the same kind of decoder: a step compiled by XLA draws other random
     numbers than a plain one), whatever ``options.batch_size``.
@@ -137,6 +137,12 @@ def generate(model, tokenizer, label_ids, n=1, prompt="", options=None, *, promp
 
     ``decoding``: the :class:`Decoding` of ``model`` to use (its compiled
     steps are reused); by default a new one, compiled with XLA.
+
+    A label id may also be a mix of labels, ``((id, weight), ...)``: the row
+    is conditioned on the weighted sum of their embeddings.  With
+    ``options.guidance`` other than 1, ``contrast`` is the condition guidance
+    pushes away from (the null condition's id, or another label's); each text
+    then takes two rows of the batch.
     """
     options = options or GenerationOptions()
     label_ids = list(label_ids)
@@ -182,7 +188,8 @@ def generate(model, tokenizer, label_ids, n=1, prompt="", options=None, *, promp
                       max_new_tokens=options.max_new_tokens,
                       min_new_tokens=options.min_new_tokens, num_return=per_unit,
                       on_token=on_token, seed=options.seed,
-                      row_ids=np.arange(offset, offset + len(part) * per_unit))
+                      row_ids=np.arange(offset, offset + len(part) * per_unit),
+                      guidance=options.guidance, contrast=contrast)
         generated += out[:real * per_unit]
     rows = [(label, text, ids) for label, text, ids in zip(label_ids, texts, encoded)
             for _ in range(n)]

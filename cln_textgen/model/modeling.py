@@ -47,9 +47,21 @@ class ModelConfig:
     label_embedding_size: int = 128
     cond_hidden_units: int | None = None
     conditional: bool = True
+    # Share of training rows given the null condition instead of their label
+    # (classifier-free guidance); above 0 the label embedding has one more row.
+    label_dropout: float = 0.0
     dropout: float = 0.1
     attention_dropout: float = 0.1
     seed: int = 0
+
+    @property
+    def null_id(self):
+        """The label embedding's row of the null condition, or ``None``."""
+        return self.num_labels if self.conditional and self.label_dropout > 0 else None
+
+    @property
+    def condition_rows(self):
+        return self.num_labels + (self.null_id is not None)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -131,7 +143,7 @@ def build_model(config, dropout_seed=None):
     cond = None
     if config.conditional:
         cond = keras.layers.Embedding(
-            config.num_labels,
+            config.condition_rows,
             config.label_embedding_size,
             embeddings_initializer=SeededTruncatedNormal(stddev=0.02, seed=config.seed + 1),
             name="Label-Embedding",

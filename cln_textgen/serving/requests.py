@@ -1,7 +1,7 @@
 """A generation request's JSON body, checked field by field.
 
-The fields are the command line's: ``label``, ``n``, ``prompt`` and one per
-row of the table of generation options (:mod:`cln_textgen.options`), checked
+The fields are the command line's: ``label``, ``n``, ``prompt``,
+``negative_label`` and one per row of the table of generation options (:mod:`cln_textgen.options`), checked
 by the same rules.  Every problem is a :class:`RequestError` naming the
 field, which the HTTP layer answers with a 4xx JSON error: a request reaches
 the model only with values the command line would accept.
@@ -21,15 +21,19 @@ class RequestError(Exception):
 
 @dataclasses.dataclass
 class Request:
-    label: object  # a name or "all"
+    label: object  # a name, "all", a mix ({name: weight}), or a list of names and mixes
     n: int  # texts per label
     prompt: str
     options: dict  # the options the request set; the run's generate: section gives the rest
+    negative_label: str | None = None  # what guidance contrasts with (None: the null condition)
 
 
-BASE_FIELDS = {"label": "a label name, or 'all'",
+BASE_FIELDS = {"label": "a label name, 'all', a mix such as {\"positive\": 0.7, \"negative\": "
+                        "0.3}, or a list of names and mixes",
                "n": "texts per label (default: by decoding mode, as on the command line)",
-               "prompt": "text every sample starts with"}
+               "prompt": "text every sample starts with",
+               "negative_label": "with guidance above 1: the label guidance pushes away from "
+                                 "(default: the null condition)"}
 
 
 def fields():
@@ -48,10 +52,14 @@ def parse_request(body, generator, limits):
     if "label" not in body:
         raise RequestError("label", f"required: one of {', '.join(generator.labels)}, or 'all'")
     label, prompt, n = body["label"], body.get("prompt", ""), body.get("n")
-    if not isinstance(label, str):
-        raise RequestError("label", f"must be a label name or 'all', got {label!r}")
+    negative = body.get("negative_label")
+    if not isinstance(label, (str, dict, list)) or not label:
+        raise RequestError("label", "must be a label name, 'all', a mix {name: weight, ...} "
+                                    f"or a list of them, got {label!r}")
     if not isinstance(prompt, str):
         raise RequestError("prompt", "must be a string")
+    if negative is not None and not isinstance(negative, str):
+        raise RequestError("negative_label", f"must be a label name, got {negative!r}")
     overrides = {name: body[name] for name in table.BY_NAME if name in body}
     for name, value in overrides.items():
         broken = table.check(name, value)
@@ -59,10 +67,14 @@ def parse_request(body, generator, limits):
             raise RequestError(name, f"{broken}, got {value!r}")
     try:
         opts = table.resolve(generator.defaults, overrides)
-        generator.label_ids(label)
     except UserError as e:
-        raise RequestError("label" if str(e).startswith("unknown label") else None,
-                           str(e)) from None
+        raise RequestError(None, str(e)) from None
+    for field, check in (("label", lambda: generator.label_ids(label)),
+                         ("negative_label", lambda: generator.contrast(opts, negative))):
+        try:
+            check()
+        except UserError as e:
+            raise RequestError(field, str(e)) from None
     if n is None:
         n = table.default_n(opts)
     elif not isinstance(n, int) or isinstance(n, bool):
@@ -75,4 +87,4 @@ def parse_request(body, generator, limits):
     if opts.max_new_tokens > limits.max_new_tokens:
         raise RequestError("max_new_tokens", f"at most {limits.max_new_tokens} on this server, "
                                              f"got {opts.max_new_tokens}")
-    return Request(label, n, prompt, overrides)
+    return Request(label, n, prompt, overrides, negative)

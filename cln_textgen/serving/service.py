@@ -12,7 +12,7 @@ import dataclasses
 import threading
 
 from cln_textgen.errors import UserError
-from cln_textgen.generation.request import checkpoint_step
+from cln_textgen.generation.request import checkpoint_step, condition_name
 from cln_textgen.serving.requests import RequestError, parse_request
 
 
@@ -51,7 +51,8 @@ class GenerationService:
 
     def describe(self):
         g = self.generator
-        return {"labels": list(g.labels), "run": self.run_path, "checkpoint": str(g.checkpoint),
+        return {"labels": list(g.labels), "null_condition": g.null_id is not None,
+                "run": self.run_path, "checkpoint": str(g.checkpoint),
                 "step": checkpoint_step(g.checkpoint), "defaults": dataclasses.asdict(g.defaults),
                 "limits": dataclasses.asdict(self.limits)}
 
@@ -92,7 +93,8 @@ class GenerationService:
         if cancelled():
             raise Cancelled
         g = self.generator
-        labels = [g.labels[i] for i in g.label_ids(request.label) for _ in range(request.n)]
+        labels = [condition_name(g.labels, c) for c in g.label_ids(request.label)
+                  for _ in range(request.n)]
 
         def stream(row, piece):
             if cancelled():
@@ -102,12 +104,15 @@ class GenerationService:
 
         try:
             texts = g.generate(request.label, n=request.n, prompt=request.prompt,
-                               stream=stream, **request.options)
+                               stream=stream, negative_label=request.negative_label,
+                               **request.options)
         except UserError as e:  # what only the decoder can tell: the prompt is too long
             raise RequestError(None, str(e)) from None
-        return {"texts": [{"label": t["label"], "text": t["text"]} for t in texts],
+        return {"texts": [{key: t[key] for key in ("label", "text", "mix") if key in t}
+                          for t in texts],
                 "prompt": request.prompt,
-                **g.describe(g.options(**request.options), request.n), "run": self.run_path}
+                **g.describe(g.options(**request.options), request.n, request.negative_label),
+                "run": self.run_path}
 
     def close(self):
         self._worker.shutdown(wait=False, cancel_futures=True)

@@ -70,6 +70,13 @@ class RunSetup:
     def count_targets(self, tokens):
         return batching.real_targets(tokens, self.tokenizer.pad_id)
 
+    def training_labels(self, labels, step, micro):
+        """The conditions a training batch is fed: its labels, with label dropout."""
+        m = self.model_config
+        if m.null_id is None:
+            return labels
+        return batching.drop_labels(labels, m.label_dropout, m.null_id, m.seed, step, micro)
+
     def evaluate(self, model, split):
         """Token-weighted valid loss and perplexity, in all and per label."""
         if self.scorer is None:
@@ -111,6 +118,7 @@ def model_config_for(bert_config, config, num_labels, vocab_size):
         label_embedding_size=m.label_embedding_size,
         cond_hidden_units=m.cond_hidden_units,
         conditional=m.conditional,
+        label_dropout=m.label_dropout,
         dropout=m.dropout,
         attention_dropout=m.dropout if m.attention_dropout is None else m.attention_dropout,
         seed=config.train.seed,
@@ -175,6 +183,8 @@ def _resume(run, config, source, writes):
         raise UserError(f"{run.path}: has checkpoints but lacks {', '.join(missing)}; restore "
                         f"them from a backup, or {START_OVER}")
     saved, model_config, labels = run.check()
+    # The network decides: a run from before label dropout has no null row.
+    saved.model.label_dropout = model_config.label_dropout
     same_data = check_data_unchanged(run.path, config, source)
     check_resume_compatible(saved, config, run.config, source, data_fingerprint=same_data)
     checkpoint = checkpoints.require_readable(

@@ -204,6 +204,8 @@ class Trainer:
                                       length_multiple=self.length_multiple,
                                       rows_multiple=self.replicas)
                    for indices in group]
+        batches = [(tokens, self.setup.training_labels(labels, self.step, micro))
+                   for micro, (tokens, labels) in enumerate(batches)]
         total = sum(self.setup.count_targets(tokens) for tokens, _ in batches)
         loss, norm = self.stepper(batches, total)
         # The loss terms are tokens for the LM but texts for the classifier: count tokens.
@@ -225,8 +227,11 @@ class Trainer:
         model = self._sampling_model()
         if self._decoding is None or self._decoding.model is not model:
             self._decoding = Decoding(model)
+        # The config's guidance is checked to have a null condition to contrast with.
+        contrast = self.setup.model_config.null_id if options.guidance != 1.0 else None
         out = generate(model, self.setup.tokenizer, list(range(len(self.setup.labels))),
-                       n=t.samples_per_label, options=options, decoding=self._decoding)
+                       n=t.samples_per_label, options=options, decoding=self._decoding,
+                       contrast=contrast)
         return [{"label": self.setup.labels[s.label_id], "text": s.text} for s in out]
 
     def _sampling_model(self):
