@@ -246,3 +246,14 @@ def test_a_failed_export_leaves_no_folder(trained_run, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export_run(trained_run, tmp_path / "model")
     assert list((tmp_path / "model").iterdir()) == []
+
+
+def test_a_checkpoint_is_named_by_its_step(trained_run):
+    from cln_textgen.errors import UserError
+    from cln_textgen.generation.generator import resolve_checkpoint
+    from cln_textgen.runs.folder import open_run
+
+    run = open_run(trained_run)
+    assert resolve_checkpoint(run, "15") == str(trained_run / "checkpoints" / "ckpt-15")
+    with pytest.raises(UserError, match="--checkpoint 3: not 'best', 'latest', the step"):
+        resolve_checkpoint(run, "3")
