@@ -73,14 +73,14 @@ class ExportedGenerator(tf.Module):
         banned = [i for i in tokenizer.special_ids if i != tokenizer.sep_id]
         self._banned = tf.constant([i in banned for i in range(len(tokens))])
         self._num_labels = num_labels
-        self._info = json.dumps(info, ensure_ascii=False, indent=2, sort_keys=True)
+        self.info_json = json.dumps(info, ensure_ascii=False, indent=2, sort_keys=True)
 
     def signatures(self):
         return {"generate": self.generate, "score": self.score, "info": self.info}
 
     @tf.function(input_signature=[])
     def info(self):
-        return {"info": tf.constant(self._info)}
+        return {"info": tf.constant(self.info_json)}
 
     def _check_ids(self, label_id, ids, name):
         return [tf.debugging.assert_greater_equal(label_id, 0, "label_id must be >= 0"),
@@ -94,6 +94,7 @@ class ExportedGenerator(tf.Module):
         """Condition offsets of the rows and an empty cache of ``length`` columns."""
         d = self._decoder
         rows = tf.shape(tokens)[0]
+        # The decoder's per-row condition offsets, as its start() computes them.
         norms = d._norm_offsets(tf.fill([rows], label_id))
         keys = [tf.zeros((rows, length, d.heads, d.key_size)) for _ in range(d.num_layers)]
         values = [tf.zeros((rows, length, d.heads, d.head_size)) for _ in range(d.num_layers)]

@@ -86,7 +86,7 @@ def export_run(run_dir, out, checkpoint="best"):
     try:
         tf.saved_model.save(module, str(temporary), signatures=module.signatures())
         (temporary / "assets").mkdir(exist_ok=True)
-        (temporary / "assets" / INFO_ASSET).write_text(module._info + "\n", encoding="utf-8")
+        (temporary / "assets" / INFO_ASSET).write_text(module.info_json + "\n", encoding="utf-8")
         os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp's folder is private
         fsync_files([p for p in temporary.rglob("*") if p.is_file()])
         return _publish(temporary, out), info
