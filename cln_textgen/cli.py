@@ -13,7 +13,8 @@ import sys
 from cln_textgen import __version__
 from cln_textgen.errors import UserError
 
-COMMANDS = ("prepare", "train", "generate", "classifier", "evaluate", "serve", "runs", "show")
+COMMANDS = ("prepare", "train", "generate", "classifier", "evaluate", "serve", "export", "runs",
+            "show")
 
 
 def build_parser():

@@ -29,7 +29,9 @@ ALLOWED = {
     "training": BASE | {"generation"},  # samples at each evaluation
     "evaluation": BASE | {"generation", "training"},  # the scorer, the planned steps
     "serving": BASE | {"generation"},  # HTTP in front of a loaded generator
-    "commands": BASE | {"generation", "training", "evaluation", "serving"},
+    # the decoder's forward pass and choices in a SavedModel; the root for __version__
+    "export": BASE | {"generation", "root"},
+    "commands": BASE | {"generation", "training", "evaluation", "serving", "export"},
     "cli": {"root", "errors", "commands"},
     "__main__": {"cli"},
     "root": set(),

@@ -31,7 +31,8 @@ def register(sub):
                    help="text every sample starts with; each text is the prompt exactly as "
                         "given, then the continuation")
     table.add_flags(p)
-    p.add_argument("--checkpoint", default="best", metavar="WHICH", help="best (default), latest, or a path")
+    p.add_argument("--checkpoint", default="best", metavar="WHICH",
+                   help="best (default), latest, a step of the run, or a checkpoint path")
     p.add_argument("--show-options", action="store_true",
                    help="print the options in effect for this run (its generate: section "
                         "and the flags given), then exit")

@@ -20,7 +20,7 @@ def register(sub):
                     "of it controls access.")
     p.add_argument("--run", required=True, metavar="DIR", help="the run folder")
     p.add_argument("--checkpoint", default="best", metavar="WHICH",
-                   help="best (default), latest, or a checkpoint path")
+                   help="best (default), latest, a step of the run, or a checkpoint path")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     defaults = Limits()

@@ -13,6 +13,11 @@ with its current weights), with three savings:
 * one step is one compiled call; the cache lives in variables that the step
   updates in place.
 
+The forward pass itself (:meth:`CachedDecoder.forward`) takes the cache
+update as a function, so the same code also runs on a cache held in tensors:
+the exported SavedModel's decoding loop (:mod:`cln_textgen.export`) carries
+it through a ``tf.while_loop``.
+
 Everything runs in float32 from the variables, whatever precision policy the
 model was built under.
 
@@ -195,8 +200,23 @@ class CachedDecoder:
             variable.assign(tf.gather(variable, rows))
 
     def _forward(self, tokens, start, pads, norms, keys, values, *then_args, then=None):
-        """Feed ``tokens`` ``(rows, s)`` into cache columns ``start .. start+s-1``;
-        returns the logits after the last of them, or ``then`` of them."""
+        """Feed ``tokens`` ``(rows, s)`` into cache columns ``start .. start+s-1`` of
+        the variable cache; returns the logits after the last of them, or
+        ``then`` of them."""
+        x, _, _ = self.forward(tokens, start, pads, norms, keys, values, write=assign_slots)
+        logits = self.logits(x[:, -1:], norms)[:, 0]
+        return logits if then is None else then(logits, *then_args)
+
+    def forward(self, tokens, start, pads, norms, keys, values, write):
+        """The transformer layers over ``tokens`` ``(rows, s)`` at cache columns
+        ``start .. start+s-1``: ``(hidden states (rows, s, hidden), keys, values)``.
+
+        ``write(cache, slots, new)`` puts a layer's new keys (or values) into
+        its cache and returns the cache to attend over: :func:`assign_slots`
+        for the variables of :meth:`start`, :func:`updated_slots` for tensors
+        (a ``tf.while_loop`` carrying the cache, as the exported graph does),
+        whose updated caches are then returned.
+        """
         rows, steps = tf.shape(tokens)[0], tf.shape(tokens)[1]
         length = tf.shape(keys[0])[1]
         columns = start + tf.range(steps)
@@ -211,29 +231,47 @@ class CachedDecoder:
                           tf.broadcast_to(columns[None, :], (rows, steps))], axis=-1)
 
         parts = self.parts
-        embeddings = parts.token_embedding.embeddings
-        x = tf.gather(embeddings, tokens) + tf.gather(parts.position_embedding.embeddings,
-                                                      positions)
+        x = tf.gather(parts.token_embedding.embeddings, tokens) + tf.gather(
+            parts.position_embedding.embeddings, positions)
         x = self._norm(0, x, norms)
+        keys, values = list(keys), list(values)
         for i, block in enumerate(parts.blocks):
             q = tf.reshape(_dense(block.query, x), (rows, steps, self.heads, self.key_size))
             k = tf.reshape(_dense(block.key, x), (rows, steps, self.heads, self.key_size))
             v = tf.reshape(_dense(block.value, x), (rows, steps, self.heads, self.head_size))
-            keys[i].scatter_nd_update(slots, k)
-            values[i].scatter_nd_update(slots, v)
+            keys[i] = write(keys[i], slots, k)
+            values[i] = write(values[i], slots, v)
             context = _attend(q, keys[i], values[i], bias, self.key_size ** 0.5)
             context = tf.reshape(context, (rows, steps, self.heads * self.head_size))
             x = self._norm(2 * i + 1, x + _dense(block.attention_output, context), norms)
             inner = _dense(block.intermediate, x)
             x = self._norm(2 * i + 2, x + _dense(block.output, inner), norms)
-        x = x[:, -1:]
+        return x, keys, values
+
+    def logits(self, x, norms):
+        """The MLM head and the vocabulary projection: hidden states ``(rows, s,
+        hidden)`` to logits ``(rows, s, vocab)``."""
+        parts = self.parts
         x = self._norm(len(self.norm_layers) - 1, _dense(parts.head_dense, x), norms)
-        logits = tf.matmul(x[:, 0], embeddings, transpose_b=True) + parts.output_bias
-        return logits if then is None else then(logits, *then_args)
+        shape = tf.shape(x)
+        flat = tf.reshape(x, (-1, x.shape[-1]))
+        logits = tf.matmul(flat, parts.token_embedding.embeddings, transpose_b=True)
+        return tf.reshape(logits + parts.output_bias, (shape[0], shape[1], self.vocab_size))
 
     def _norm(self, index, x, norms):
         gamma, beta = norms[index]
         return self.norm_layers[index].normalize(x, gamma, beta)
+
+
+def assign_slots(cache, slots, new):
+    """Write ``new`` into the variable ``cache`` at ``slots``, in place."""
+    cache.scatter_nd_update(slots, new)
+    return cache
+
+
+def updated_slots(cache, slots, new):
+    """``cache`` (a tensor) with ``new`` at ``slots``."""
+    return tf.tensor_scatter_nd_update(cache, slots, new)
 
 
 def _dense(layer, x):

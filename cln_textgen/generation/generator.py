@@ -31,18 +31,20 @@ CHECKPOINT_CHOICES = ("best", "latest")
 
 def resolve_checkpoint(run, which="best"):
     """Path of the ``best`` (falls back to latest without valid data) or ``latest``
-    checkpoint, or ``which`` itself if it names a checkpoint prefix.  ``best`` and
-    ``latest`` are the newest checkpoints that read back: a damaged one is
-    skipped with a warning (runs/checkpoints.py)."""
+    checkpoint, of the run's checkpoint saved at step ``which`` (a number), or
+    ``which`` itself if it names a checkpoint prefix.  ``best`` and ``latest``
+    are the newest checkpoints that read back: a damaged one is skipped with a
+    warning (runs/checkpoints.py)."""
     if which == "best":
         path = run.best_checkpoint() or run.latest_checkpoint()
     elif which == "latest":
         path = run.latest_checkpoint()
     else:
-        path = which if Path(which + ".index").is_file() else None
-        if path is None:
-            raise UserError(f"--checkpoint {which}: not 'best', 'latest' or a checkpoint "
-                            "prefix (a path whose .index file exists)")
+        path = _step_checkpoint(run, which) if which.isdigit() else which
+        if not Path(path + ".index").is_file():
+            raise UserError(f"--checkpoint {which}: not 'best', 'latest', the step of a "
+                            "checkpoint of the run or a checkpoint prefix (a path whose "
+                            ".index file exists)")
         reason = unreadable_reason(path)
         if reason:
             raise UserError(f"--checkpoint {which}: does not read back ({reason}); pass "
@@ -54,6 +56,14 @@ def resolve_checkpoint(run, which="best"):
         raise UserError(f"{run.checkpoints}: no checkpoints yet; train the run first "
                         f"(cln-textgen train --config {run.config})")
     return path
+
+
+def _step_checkpoint(run, step):
+    """The prefix of the run's checkpoint of ``step`` (the latest ones first, then the best)."""
+    for folder in (run.checkpoints, run.best_checkpoints):
+        if Path(folder / f"ckpt-{int(step)}.index").is_file():
+            return str(folder / f"ckpt-{int(step)}")
+    return str(run.checkpoints / f"ckpt-{int(step)}")
 
 
 def load_model(run, checkpoint="best"):

@@ -17,18 +17,21 @@ TensorFlow's kernels) in a ``tf.function`` of their own after it.
 Randomness is stateless and per row: row ``r`` draws its step ``s`` from the
 seed ``(seed, r, s)``, whatever else is in the batch, so the same seed and
 inputs give the same tokens, and a request decoded in chunks gives what it
-gives in one batch.
+gives in one batch.  The random numbers are never drawn inside XLA, which
+draws other numbers than TensorFlow's kernels for the same seed: a step
+compiled by XLA hands its shortlist (the top k) to a plain function that
+draws, so XLA, a plain step and the exported SavedModel (whose graph uses the
+functions below) choose the same tokens.
 """
 
 import numpy as np
 
 from cln_textgen import options as table
 from cln_textgen.backend import tf
+from cln_textgen.generation.choice import (draw_among, gumbel_draw, mask_tokens, row_seeds,
+                                          top_k_draw, top_k_shortlist, top_p_draw,
+                                          top_p_shortlist)
 from cln_textgen.generation.decoder import _LENGTH_BUCKET, left_pad
-
-# Steps per row that the per-row seeds keep apart: (row, step) is folded into
-# one seed word as row * _STEPS + step.
-_STEPS = 2**20
 
 
 def apply_repetition_penalty(logits, history, length, penalty):
@@ -74,33 +77,16 @@ def guide(logits, guidance):
     return contrast + tf.cast(guidance, logits.dtype) * (label - contrast)
 
 
-def row_seeds(seed, row_ids, step):
-    """``(rows, 2)`` int64 stateless seeds of one step: ``(seed, row, step)`` per row."""
-    rows = np.asarray(row_ids, np.int64)
-    return np.stack([np.full_like(rows, seed), rows * _STEPS + step], axis=1)
-
-
-def gumbel_draw(logits, seeds):
-    """One id per row drawn from ``softmax(logits)``, as the argmax of the
-    logits plus Gumbel noise: exact, and 3x faster than ``tf.random.categorical``
-    on a 21k vocabulary, which XLA also cannot compile with a 64-bit seed.
-    ``seeds``: ``(rows, 2)``, the row's own seed (see :func:`row_seeds`)."""
-    tiny = np.finfo(np.float32).tiny
-    width = logits.shape[-1]
-    uniform = tf.vectorized_map(
-        lambda seed: tf.random.stateless_uniform((width,), seed, minval=tiny, maxval=1.0),
-        seeds)
-    return tf.argmax(logits - tf.math.log(-tf.math.log(uniform)), axis=-1, output_type=tf.int32)
-
-
 class Sampler:
     """Base sampler: runs the loop; subclasses implement ``get_next_token``.
 
     ``repetition_penalty`` 1.0 and ``no_repeat_ngram`` 0 are off.
     """
 
-    # Whether the choice is compiled into the decoder's step (see the module doc).
+    # Whether the choice is compiled into the decoder's step (see the module
+    # doc); for a sampler that draws at random, only its shortlist is.
     in_step = False
+    draws = True
 
     def __init__(self, temperature=1.0, repetition_penalty=1.0, no_repeat_ngram=0, seed=0):
         _check(temperature=temperature, repetition_penalty=repetition_penalty,
@@ -111,11 +97,12 @@ class Sampler:
         self.seed = int(seed)
         self._choose = tf.function(self._choose_in_step)
         self._choose_guided = tf.function(self._choose_guided_in_step)
+        self._draw = tf.function(draw_among)
 
     def process(self, logits, history, length, banned):
         """Logits with everything but the choice applied: ``banned`` ``(vocab,)``
         bool mask, repetition penalty, n-gram bans, then temperature."""
-        logits = tf.where(banned[None, :], tf.constant(-np.inf, logits.dtype), logits)
+        logits = mask_tokens(logits, banned)
         if self.repetition_penalty != 1.0:
             logits = apply_repetition_penalty(logits, history, length, self.repetition_penalty)
         if self.no_repeat_ngram:
@@ -127,11 +114,22 @@ class Sampler:
         ``seed`` is a ``(rows, 2)`` integer tensor, each row's stateless seed."""
         raise NotImplementedError
 
+    def shortlist(self, logits):
+        """``(values, ids)``: the processed logits a draw chooses among, and
+        their token ids; what a sampler that draws computes inside the step."""
+        raise NotImplementedError
+
     def _choose_in_step(self, logits, history, length, banned, seed):
         return self.get_next_token(self.process(logits, history, length, banned), seed)
 
-    def _choose_guided_in_step(self, logits, guidance, history, length, banned, seed):
-        return self._choose_in_step(guide(logits, guidance), history, length, banned, seed)
+    def _shortlist_in_step(self, logits, history, length, banned):
+        return self.shortlist(self.process(logits, history, length, banned))
+
+    def _choose_guided_in_step(self, logits, guidance, *args):
+        return self._choose_in_step(guide(logits, guidance), *args)
+
+    def _shortlist_guided_in_step(self, logits, guidance, *args):
+        return self._shortlist_in_step(guide(logits, guidance), *args)
 
     def __call__(self, decoder, prompts, label_ids, *, stop_id, banned_ids=(),
                  max_new_tokens=64, min_new_tokens=0, num_return=1, on_token=None, seed=None,
@@ -161,11 +159,14 @@ class Sampler:
         if guided:
             state, logits = decoder.start(prompts * 2, labels + [contrast] * len(labels),
                                           max_new_tokens)
-            choose, choose_in_step = self._choose_guided, self._choose_guided_in_step
+            choose, choose_in_step, shortlist_in_step = (
+                self._choose_guided, self._choose_guided_in_step, self._shortlist_guided_in_step)
             guiding = (tf.constant(guidance, tf.float32),)
         else:
             state, logits = decoder.start(prompts, labels, max_new_tokens)
-            choose, choose_in_step, guiding = self._choose, self._choose_in_step, ()
+            choose, choose_in_step, shortlist_in_step = (
+                self._choose, self._choose_in_step, self._shortlist_in_step)
+            guiding = ()
         history, start = _history(prompts, max_new_tokens)
         masks = _ban_masks(decoder.vocab_size, banned_ids, stop_id)
         finished = np.zeros(len(prompts), bool)
@@ -181,7 +182,10 @@ class Sampler:
                 # one fixed batch shape keeps the compiled step.
                 feed = np.where(finished, stop_id, chosen)
                 feed = np.concatenate([feed, feed]) if guided else feed
-                if self.in_step:
+                if self.in_step and self.draws:
+                    values, ids = decoder.step(state, feed, shortlist_in_step, args[:-1])
+                    chosen = self._draw(values, ids, args[-1]).numpy()
+                elif self.in_step:
                     chosen = decoder.step(state, feed, choose_in_step, args).numpy()
                 else:
                     chosen = choose(decoder.step(state, feed), *args).numpy()
@@ -244,6 +248,7 @@ class GreedySampler(Sampler):
     """The most likely token."""
 
     in_step = True
+    draws = False
 
     def get_next_token(self, logits, seed):
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
@@ -267,9 +272,11 @@ class TopKSampler(Sampler):
             raise ValueError(f"top-k needs k >= 1, got {k}")
         self.k = int(k)
 
+    def shortlist(self, logits):
+        return top_k_shortlist(logits, self.k)
+
     def get_next_token(self, logits, seed):
-        values, indices = tf.math.top_k(logits, k=min(self.k, logits.shape[-1]))
-        return tf.gather(indices, gumbel_draw(values, seed), batch_dims=1)
+        return top_k_draw(logits, self.k, seed)
 
 
 class TopPSampler(Sampler):
@@ -283,8 +290,6 @@ class TopPSampler(Sampler):
     model step itself.
     """
 
-    _CANDIDATES = (64, 1024)
-
     def __init__(self, p=0.9, k=None, **kwargs):
         super().__init__(**kwargs)
         _check(top_p=p)
@@ -292,26 +297,10 @@ class TopPSampler(Sampler):
         self.k = None if k is None else int(k)
         self.in_step = k is not None  # without k, a full sort may be needed
 
+    def shortlist(self, logits):
+        return top_p_shortlist(logits, self.p, self.k)
+
     def get_next_token(self, logits, seed):
-        vocab = logits.shape[-1]
         if self.k is not None:
-            return self._draw(logits, min(self.k, vocab), seed, renormalise=True)
-        sizes = [k for k in self._CANDIDATES if k < vocab] + [vocab]
-        return self._smallest_nucleus(logits, tf.nn.softmax(logits), sizes, seed)
-
-    def _smallest_nucleus(self, logits, probs, sizes, seed):
-        # When the top k hold mass >= p in every row, the nucleus lies inside them.
-        k, larger = sizes[0], sizes[1:]
-        if not larger:
-            return self._draw(logits, k, seed, renormalise=False)
-        enough = tf.reduce_all(tf.reduce_sum(tf.math.top_k(probs, k).values, -1) >= self.p)
-        return tf.cond(enough, lambda: self._draw(logits, k, seed, renormalise=False),
-                       lambda: self._smallest_nucleus(logits, probs, larger, seed))
-
-    def _draw(self, logits, k, seed, renormalise):
-        values, indices = tf.math.top_k(logits, k=k)
-        normaliser = values if renormalise else logits
-        probs = tf.exp(values - tf.reduce_logsumexp(normaliser, -1, keepdims=True))
-        keep = tf.cumsum(probs, axis=-1, exclusive=True) < self.p  # the first always
-        values = tf.where(keep, values, tf.constant(-np.inf, values.dtype))
-        return tf.gather(indices, gumbel_draw(values, seed), batch_dims=1)
+            return draw_among(*self.shortlist(logits), seed)
+        return top_p_draw(logits, self.p, seed)

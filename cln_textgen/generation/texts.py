@@ -119,9 +119,9 @@ class _TextStream:
 
 def generate(model, tokenizer, label_ids, n=1, prompt="", options=None, *, prompts=None,
              stream=None, decoding=None, contrast=None):
-    """``n`` generations for each label id; same seed and options -> same texts
-    (with the same kind of decoder: a step compiled by XLA draws other random
-    numbers than a plain one), whatever ``options.batch_size``.
+    """``n`` generations for each label id; same seed and options -> same texts,
+    whatever ``options.batch_size`` (a step compiled by XLA draws the same
+    random numbers as a plain one; its logits differ only by rounding).
 
     ``prompts``, if given, holds one prompt text per label id (rows of
     different prompt lengths decode together); otherwise ``prompt`` starts
