@@ -2,8 +2,9 @@
 
 Starts the server on a free loopback port, opens ``/`` in Chromium, and for
 every label: picks it, presses Generate, waits for the streamed texts to
-finish, and checks that each shown sample carries that label.  Saves a
-screenshot of the last one::
+finish, and checks that each shown sample carries that label; then does the
+same for a mix of the first two labels (30 % / 70 %) with guidance 2.  Saves
+a screenshot of the last one::
 
     python scripts/check_page.py --run runs/demo --prompt 这家酒店 --out docs/serve-page.png
 
@@ -50,10 +51,18 @@ def main(argv=None):
             page = browser.new_page(viewport={"width": 1100, "height": 760})
             page.goto(url + "/")
             page.wait_for_function("document.querySelectorAll('#label option').length > 1")
-            labels = [o for o in page.eval_on_selector_all("#label option", "os => os.map(o => o.value)")
-                      if o != "all"]
-            for label in labels:
+            choices = page.eval_on_selector_all("#label option", "os => os.map(o => o.value)")
+            labels = [o for o in choices if o != "all" and "…" not in o]
+            mix = next((o for o in choices if "…" in o), None)
+            shown = list(labels)
+            for label in labels + ([mix] if mix and len(labels) >= 2 else []):
                 page.select_option("#label", label)
+                if label == mix:  # sliders of the first two labels at 30 and 70, the rest 0
+                    for k, slider in enumerate(page.query_selector_all("#mix input")):
+                        slider.fill(str([30, 70][k] if k < 2 else 0))
+                    page.fill("#guidance", "2")
+                    label = f"{labels[0]}=0.3,{labels[1]}=0.7"
+                    shown.append(f"{label} (guidance 2)")
                 page.fill("#prompt", args.prompt)
                 page.fill("#n", str(args.n))
                 page.fill("#seed", str(args.seed))
@@ -74,7 +83,7 @@ def main(argv=None):
     finally:
         process.terminate()
         process.wait(timeout=30)
-    print(f"page checked for {', '.join(labels)}; screenshot: {args.out}")
+    print(f"page checked for {', '.join(shown)}; screenshot: {args.out}")
 
 
 if __name__ == "__main__":

@@ -249,17 +249,18 @@ def test_a_sweep_reports_each_setting_and_the_trade_off(evaluated, capsys):
     folder = max((run / "evaluation").iterdir())
     assert folder != first
     sweep = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
-    settings = [(s["generation"]["guidance"], s["generation"]["temperature"]) for s in sweep]
-    assert settings == [(1.0, 0.7), (1.0, 1.0), (2.0, 0.7), (2.0, 1.0)]
+    settings = [(s["generation"]["temperature"], s["generation"]["guidance"]) for s in sweep]
+    # every combination once, in the table's order of options (temperature first)
+    assert settings == [(0.7, 1.0), (0.7, 2.0), (1.0, 1.0), (1.0, 2.0)]
     assert (folder / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (folder / "sweep.md").read_text(encoding="utf-8")
-    assert "| guidance=2 temperature=0.7 |" in md and "| real text |" in md
-    assert "guidance=2 temperature=1" in printed and "sweep.md" in printed
+    assert "| temperature=0.7 guidance=2 |" in md and "| real text |" in md
+    assert "temperature=1 guidance=2" in printed and "sweep.md" in printed
     reports = [json.loads((folder / f"setting-{k}" / "report.json").read_text(encoding="utf-8"))
                for k in range(1, 5)]
     # the real texts are judged once: every setting shows the same real figures
     assert all(r["macro"]["real"] == reports[0]["macro"]["real"] for r in reports)
-    assert [r["settings"]["generation"]["guidance"] for r in reports] == [1.0, 1.0, 2.0, 2.0]
+    assert [r["settings"]["generation"]["guidance"] for r in reports] == [1.0, 2.0, 1.0, 2.0]
     # a setting of the sweep is the same evaluation as that setting alone
     assert main(["evaluate", "--run", str(run), "--baseline-run", str(base), "--split", "valid",
                  "-n", "4", "--max-new-tokens", "6", "--guidance", "2", "--temperature", "1.0",
