@@ -23,6 +23,7 @@ from cln_textgen.options import BY_NAME, GenerationOptions, check, contradiction
 class ModelSection:
     pretrained: str = ""  # directory of a Google or Hugging Face BERT
     format: str = "auto"  # auto | google | hf
+    init: str = "pretrained"  # pretrained | random: seeded random weights of its config (a baseline)
     conditional: bool = True  # false: a plain LM that ignores the label (a baseline)
     # Share of training rows given a reserved null condition instead of their
     # label, so the run can also generate unconditionally: what guidance needs.
@@ -115,6 +116,7 @@ class Config:
         if not self.run_dir:
             fail("run_dir", "must name the run folder")
         choice("model.format", m.format, ("auto", "google", "hf"))
+        choice("model.init", m.init, ("pretrained", "random"))
         positive("model.label_embedding_size", m.label_embedding_size)
         positive("model.cond_hidden_units", m.cond_hidden_units, allow_none=True)
         for key, rate in (("model.dropout", m.dropout), ("model.attention_dropout", m.attention_dropout),

@@ -60,7 +60,7 @@ MAX_POSITION = 512
 CONFIG_DROPOUT = 0.1
 
 HELD_OUT_FRACTION = 0.02  # of the People's Daily sentences, chosen by hash
-MASK_RATE = 0.15
+MASK_RATE = 0.15  # of the held-out characters; training masks --mask-rate of them
 MIN_FRAGMENT = 8  # fewest tokens of a text split across two rows that end the first
 EVAL_MASK_SEED = 12345  # fixed, so every evaluation scores the same masks
 # Held-out texts are cut into pieces of at most this many tokens, each scored
@@ -74,7 +74,7 @@ CHECKPOINT = "bert_model.ckpt"
 # The settings a resumed run must share with the run it resumes.
 RESUME_KEYS = (
     "steps", "batch_size", "seq_len", "lr", "warmup", "min_count", "seed", "dropout",
-    "lm_share", "layers", "hidden",
+    "lm_share", "layers", "hidden", "mask_rate",
 )
 
 
@@ -112,6 +112,13 @@ def parse_args(argv=None):
         help="share of each batch's rows trained left to right (lower-triangular "
         "attention, next-token targets, same MLM head) instead of masked",
     )
+    parser.add_argument(
+        "--mask-rate",
+        type=float,
+        default=MASK_RATE,
+        help="share of the characters of a masked row chosen as targets (BERT: 0.15); "
+        "the held-out sets always mask 15%%",
+    )
     parser.add_argument("--layers", type=int, default=4, help="transformer layers")
     parser.add_argument(
         "--hidden", type=int, default=256, help="hidden size (heads of 64, feed-forward 4x)"
@@ -141,6 +148,8 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.hidden < 64 or args.hidden % 64:
         parser.error("--hidden must be a positive multiple of 64")
+    if not 0 < args.mask_rate < 1:
+        parser.error("--mask-rate must be in (0, 1)")
     if not 0 <= args.lm_share < 1:
         parser.error("--lm-share must be in [0, 1)")
     if not 0 <= args.dropout < 1:
@@ -317,11 +326,11 @@ def _pad(rows, seq_len):
     return token_ids, segment_ids
 
 
-def mask_tokens(token_ids, rng, vocab_size, always_mask=False):
+def mask_tokens(token_ids, rng, vocab_size, always_mask=False, rate=MASK_RATE):
     """BERT's masking: ``(inputs, labels)`` for a batch of token ids.
 
     Each token that is not special ([PAD], [UNK], [CLS], [SEP], [MASK]) is
-    chosen with probability 15%;
+    chosen with probability ``rate`` (BERT's 15% by default);
     a chosen token becomes [MASK] 80% of the time, a random token 10% and
     stays itself 10% (with ``always_mask``, as in the held-out sets, it always
     becomes [MASK], so every scored position shows [MASK]).  ``labels``
@@ -329,7 +338,7 @@ def mask_tokens(token_ids, rng, vocab_size, always_mask=False):
     elsewhere.
     """
     maskable = token_ids > MASK_ID
-    chosen = maskable & (rng.random(token_ids.shape) < MASK_RATE)
+    chosen = maskable & (rng.random(token_ids.shape) < rate)
     action = rng.random(token_ids.shape)
     if always_mask:
         action[:] = 0.0
@@ -359,8 +368,10 @@ class BatchStream:
     rows: unmasked, with next-token targets and ``causal`` 1.
     """
 
-    def __init__(self, token_ids, segment_ids, batch_size, seed, vocab_size, lm_share):
+    def __init__(self, token_ids, segment_ids, batch_size, seed, vocab_size, lm_share,
+                 mask_rate=MASK_RATE):
         self.token_ids, self.segment_ids = token_ids, segment_ids
+        self.mask_rate = mask_rate
         self.batch_size, self.seed, self.vocab_size = batch_size, seed, vocab_size
         self.lm_rows = round(lm_share * batch_size)
         self._perms = {}
@@ -382,7 +393,7 @@ class BatchStream:
         rows = self.rows(step)
         token_ids, segment_ids = self.token_ids[rows], self.segment_ids[rows]
         rng = np.random.default_rng([self.seed, 1, step])
-        inputs, labels = mask_tokens(token_ids, rng, self.vocab_size)
+        inputs, labels = mask_tokens(token_ids, rng, self.vocab_size, rate=self.mask_rate)
         k = self.lm_rows
         causal = np.zeros(len(rows), dtype=np.int32)
         if k:
@@ -709,6 +720,7 @@ def check_settings(work_dir, settings):
         path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         return None
     saved = json.loads(path.read_text(encoding="utf-8"))
+    saved.setdefault("mask_rate", MASK_RATE)  # recorded before --mask-rate existed
     changed = [k for k in settings if saved.get(k) != settings[k]]
     if not changed:
         return None
@@ -949,7 +961,7 @@ and digit in both forms. Characters of reviews that become `[UNK]`:
 
 {t["steps"]} steps{partial} of {t["batch_size"]} sequences x {t["seq_len"]} tokens
 ({t["tokens_seen"]:,} token positions, about {t["epochs"]:.1f} passes over the
-corpus). Masked rows: BERT masking (15% of characters; 80% `[MASK]`, 10% random, 10%
+corpus). Masked rows: BERT masking ({t["mask_rate"]:.0%} of characters; 80% `[MASK]`, 10% random, 10%
 kept, drawn anew for every batch). {lm_rows}AdamW (weight decay {WEIGHT_DECAY}, none on
 biases and LayerNorm) with peak learning rate {t["lr"]}, linear warm-up over
 {t["warmup_steps"]} steps and linear decay to 0, gradient norm clipped at 1,
@@ -1060,7 +1072,7 @@ def main(argv=None):
     state = TrainingState(args.work, transformer.model, optimizer, dropout_seed.variable,
                           mlm.variables)
     stream = BatchStream(token_ids, segment_ids, args.batch_size, args.seed, len(vocab),
-                         args.lm_share)
+                         args.lm_share, args.mask_rate)
 
     if args.export_now:
         done = state.restore()
@@ -1144,6 +1156,7 @@ def make_report(args, command, corpus, train_pieces, token_ids, vocab, tokenizer
             "warmup_steps": warmup_steps(args),
             "dropout": args.dropout,
             "lm_share": args.lm_share,
+            "mask_rate": args.mask_rate,
             "lm_rows_per_batch": round(args.lm_share * args.batch_size),
             "layers": args.layers,
             "hidden": args.hidden,

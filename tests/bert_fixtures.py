@@ -110,8 +110,9 @@ def write_hf_bert(directory, variables, config=TINY, prefix="bert."):
     return directory
 
 
-def numpy_bert_lm(hf, config, token_ids, eps=1e-12):
-    """Causal BERT forward in float64 straight from HF-named tensors.
+def numpy_bert_lm(hf, config, token_ids, eps=1e-12, causal=True):
+    """Causal (or with ``causal=False`` bidirectional) BERT forward in float64
+    straight from HF-named tensors.
 
     Returns (last hidden states, MLM logits or None).  Written from the BERT
     paper's equations, sharing no code with the package.
@@ -136,12 +137,12 @@ def numpy_bert_lm(hf, config, token_ids, eps=1e-12):
          + t["embeddings.position_embeddings.weight"][:n]
          + t["embeddings.token_type_embeddings.weight"][0])
     x = ln(x, "embeddings.LayerNorm")
-    causal = np.tril(np.ones((n, n), bool))
+    visible = np.tril(np.ones((n, n), bool)) if causal else np.ones((n, n), bool)
     for layer in range(config["num_hidden_layers"]):
         p = f"encoder.layer.{layer}."
         q, k, v = (dense(x, p + f"attention.self.{name}").reshape(n, heads, d).transpose(1, 0, 2)
                    for name in ("query", "key", "value"))
-        scores = np.where(causal, q @ k.transpose(0, 2, 1) / math.sqrt(d), -np.inf)
+        scores = np.where(visible, q @ k.transpose(0, 2, 1) / math.sqrt(d), -np.inf)
         probs = np.exp(scores - scores.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
         context = (probs @ v).transpose(1, 0, 2).reshape(n, h)

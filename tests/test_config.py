@@ -46,6 +46,8 @@ def test_invalid_values(tmp_path):
         load_config(None, ["train.batch_size=0"])
     with pytest.raises(UserError, match=r"model.format: 'onnx' is not one of auto, google, hf"):
         load_config(None, ["model.format=onnx"])
+    with pytest.raises(UserError, match=r"model.init: 'scratch' is not one of pretrained, random"):
+        load_config(None, ["model.init=scratch"])
     with pytest.raises(UserError, match=r"model.dropout: must be in \[0, 1\)"):
         load_config(None, ["model.dropout=1.5"])
     with pytest.raises(UserError, match=r"data.labels: lists a label twice"):

@@ -105,3 +105,74 @@ def test_held_out_masks_show_mask_at_every_scored_position(pretrain):
                                           always_mask=True)
     assert (labels > 0).sum() > 0
     assert ((labels > 0) == (inputs == pretrain.MASK_ID)).all()
+
+
+def tiny_model(pretrain, seed=0, vocab=40):
+    import types
+
+    from cln_textgen.model.layers import DropoutSeed
+
+    shape = types.SimpleNamespace(hidden=64, layers=2)
+    config = pretrain.model_config(shape, vocab, 0.0)
+    transformer = pretrain.build_transformer(config, seed, DropoutSeed(seed))
+    return config, transformer, pretrain.MaskedLM(transformer)
+
+
+def test_scored_logits_equal_an_independent_bert_in_both_row_kinds(pretrain, tmp_path):
+    """Targets, gathering, attention masks (causal and bidirectional) and the tied
+    MLM head against a float64 BERT written from the paper's equations."""
+    import bert_fixtures as bf
+
+    config, transformer, mlm = tiny_model(pretrain)
+    rng = np.random.default_rng(0)
+    for weight in transformer.model.weights:  # far from the initial values
+        weight.assign(weight.numpy() + rng.normal(0, 0.3, weight.shape).astype(np.float32))
+    pretrain.save_google_checkpoint(transformer, tmp_path / "bert_model.ckpt")
+    hf = bf.google_to_hf(google_weights(tmp_path))
+
+    token_ids = rng.integers(5, 40, size=(2, 12)).astype(np.int32)
+    token_ids[:, 0] = pretrain.CLS_ID
+    stream = pretrain.BatchStream(token_ids, np.zeros_like(token_ids), 2, 0, 40, 0.5, mask_rate=0.5)
+    inputs, segments, causal, labels = stream.batch(1)
+    assert causal.tolist() == [1, 0] and (labels[1] > 0).sum() > 2
+    logits, targets, is_lm = mlm.logits(inputs, segments, causal, labels, training=False)
+    positions = np.argwhere(labels > 0)
+    expected = np.concatenate([
+        bf.numpy_bert_lm(hf, config, inputs[row], causal=bool(causal[row]))[1][
+            positions[positions[:, 0] == row, 1]]
+        for row in (0, 1)])
+    np.testing.assert_allclose(logits.numpy(), expected, atol=1e-4)
+    np.testing.assert_array_equal(targets.numpy(), labels[positions[:, 0], positions[:, 1]])
+    np.testing.assert_array_equal(is_lm.numpy(), causal[positions[:, 0]])
+    # a left-to-right row's target is the next input token; a masked row's, the hidden one
+    rows = stream.rows(1)
+    np.testing.assert_array_equal(labels[0, :-1], token_ids[rows[0], 1:])
+    hidden = inputs[1] == pretrain.MASK_ID
+    np.testing.assert_array_equal(labels[1, hidden], token_ids[rows[1], hidden])
+
+
+def test_training_fits_one_small_batch(pretrain):
+    """The whole step (loss, gradients, AdamW, clipping, schedule) can memorise a batch."""
+    import types
+
+    config, transformer, mlm = tiny_model(pretrain, vocab=60)
+    token_ids = np.random.default_rng(1).integers(5, 60, size=(4, 16)).astype(np.int32)
+    stream = pretrain.BatchStream(token_ids, np.zeros_like(token_ids), 4, 0, 60, 0.25,
+                                  mask_rate=0.3)
+    batch = stream.batch(1)
+    args = types.SimpleNamespace(lr=3e-3, steps=150, warmup=10)
+    train_step, _ = pretrain.make_steps(mlm, pretrain.make_optimizer(args))
+    first = [float(x) for x in train_step(*batch)]
+    for _ in range(149):
+        last = [float(x) for x in train_step(*batch)]
+    assert first[0] > 3 and first[2] > 3  # about log(60) at the start, both kinds of rows
+    assert last[0] < 0.2 and last[2] < 0.2, (first, last)
+
+
+def test_mask_rate_sets_the_share_of_targets(pretrain):
+    token_ids = np.full((64, 64), 9, dtype=np.int32)
+    for rate in (0.15, 0.4):
+        stream = pretrain.BatchStream(token_ids, np.zeros_like(token_ids), 64, 0, 100, 0.0,
+                                      mask_rate=rate)
+        _, _, _, labels = stream.batch(1)
+        assert abs((labels > 0).mean() - rate) < 0.02

@@ -94,6 +94,49 @@ def test_a_new_run_says_whether_the_mlm_head_was_loaded(tmp_path, capsys):
     assert "MLM head: initialised, not in the checkpoint" in capsys.readouterr().out
 
 
+def test_model_init_random_draws_seeded_weights_instead_of_the_checkpoints(tmp_path, capsys):
+    from cln_textgen.config import load_config
+    from cln_textgen.training.start import start_run
+    from cln_textgen.training.trainer import Trainer
+
+    config = write_tiny_task(tmp_path / "task", train_lines=16, valid_lines=0)
+
+    def first_weights(name, *sets):
+        overrides = [f"run_dir={tmp_path / name}", "data.valid=null",
+                     "train.samples_per_label=0", *sets]
+        setup = start_run(load_config(config, overrides), "test")
+        try:
+            trainer = Trainer(setup, progress=False)
+            trainer.restore_or_warm_start()
+            weights = {w.name: w.numpy() for w in trainer.model.weights}
+            return list(weights.values()), list(weights), setup.describe_warm_start()
+        finally:
+            setup.lock.release()
+
+    pretrained, names, _ = first_weights("pretrained")
+    random_a, _, said = first_weights("random-a", "model.init=random")
+    random_b, _, _ = first_weights("random-b", "model.init=random")
+    other_seed, _, _ = first_weights("random-c", "model.init=random", "train.seed=4")
+    assert "model.init: random" in said
+    assert [w.shape for w in random_a] == [w.shape for w in pretrained]
+    # the conditions' projections start at zero in every model, whatever the init
+    matrices = [i for i, w in enumerate(pretrained) if w.ndim == 2 and w.any()]
+    # not the checkpoint's: no weight matrix it holds kept its values
+    loaded = [i for i in matrices if not names[i].startswith("Label-Embedding")]
+    assert len(loaded) == len(matrices) - 1
+    assert not any(np.array_equal(pretrained[i], random_a[i]) for i in loaded)
+    # seeded: the same seed draws the same weights, another seed others
+    for a, b in zip(random_a, random_b):
+        np.testing.assert_array_equal(a, b)
+    assert not any(np.array_equal(random_a[i], other_seed[i]) for i in matrices)
+    # distinct: no two matrices of a random model repeat each other's values
+    # (the label embedding's and transformer's streams included)
+    assert len({random_a[i].tobytes() for i in matrices}) == len(matrices)
+    # the run's config records it
+    assert "init: random" in (tmp_path / "random-a" / "config.yaml").read_text()
+    assert "init: pretrained" in (tmp_path / "pretrained" / "config.yaml").read_text()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_stop_and_resume_in_a_new_process_is_bitwise_exact(tmp_path, dropout):

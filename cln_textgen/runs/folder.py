@@ -142,7 +142,7 @@ def open_run(path):
 
 # Fields that fix what a run's checkpoints mean: a resumed run must keep them.
 FROZEN_FIELDS = (
-    "model.conditional", "model.label_dropout", "model.label_embedding_size",
+    "model.init", "model.conditional", "model.label_dropout", "model.label_embedding_size",
     "model.cond_hidden_units",
     "model.dropout", "model.attention_dropout", "model.simplified_vocab", "model.lower_case",
     "data.format", "data.max_length", "data.labels",

@@ -85,13 +85,24 @@ class RunSetup:
         return split_loss(self.scorer, encoded.token_ids, encoded.label_ids, self.labels)
 
     def warm_start(self, model):
-        """Load the pretrained BERT into a freshly built model (new runs only)."""
+        """Load the pretrained BERT into a freshly built model (new runs only).
+
+        With ``model.init: random`` nothing is loaded: the model keeps the
+        weights it was built with, drawn from streams seeded by ``train.seed``
+        (a baseline that shows what pretraining buys); only the BERT's config
+        and vocabulary are used."""
+        if self.config.model.init == "random":
+            self.mlm_loaded = False
+            return self.mlm_loaded
         self.mlm_loaded = load_bert_weights(model, self.pretrained.variables(),
                                             str(self.pretrained.weights_path), self.keep_tokens)
         return self.mlm_loaded
 
     def describe_warm_start(self):
         """The loader's report on the output layer, for the new-run log."""
+        if self.config.model.init == "random":
+            return (f"model.init: random (weights drawn with seed {self.config.train.seed}; "
+                    "only the BERT's config and vocabulary are used)")
         if self.mlm_loaded:
             return "MLM head: loaded from the checkpoint"
         return "MLM head: initialised, not in the checkpoint (it starts from random values)"
