@@ -214,7 +214,8 @@ def report(settings, args):
     print("-" * len(header))
     for (length, labels), setting in settings.items():
         got = {m: setting["results"].get(m) for m in METHODS}
-        ref, ours, plain = (r["tokens"] / min(r["seconds"]) if r else None for r in got.values())
+        ref, ours, plain = (got[m]["tokens"] / min(got[m]["seconds"]) if got[m] else None
+                            for m in ("bert4keras", "ours", "ours-no-xla"))
 
         def cell(value, width, fmt="{:.0f}"):
             return f"{fmt.format(value) if value is not None else '-':>{width}}"

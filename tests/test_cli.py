@@ -29,7 +29,7 @@ def test_generate_text_and_jsonl(trained_run, capsys):
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["label"] for x in lines] == ["0", "0", "1", "1"]
     assert all(set(x) == {"label", "text", "prompt", "seed", "options", "n", "checkpoint",
-                          "step", "run"} and x["seed"] == 5 for x in lines)
+                          "step", "run", "negative_label"} and x["seed"] == 5 for x in lines)
     assert lines[0]["options"]["max_new_tokens"] == 12  # the run's generate: section
     assert lines[0]["step"] == 20 and lines[0]["checkpoint"].endswith("ckpt-20")
     assert lines[0]["run"] == str(trained_run.resolve()) and lines[0]["n"] == 2
@@ -57,7 +57,7 @@ def test_same_seed_same_texts_and_prompt(trained_run, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--label", "positive"], "unknown label 'positive'; valid labels: 0, 1 (or 'all')"),
+    (["--label", "positive"], "unknown label 'positive'; valid labels: 0, 1 (or 'all', or a mix"),
     (["--label", "0", "--top-p", "0"], "--top-p: must be in (0, 1]"),
     (["--label", "0", "-n", "0"], "-n: must be at least 1"),
     (["--label", "0", "--checkpoint", "nowhere"], "--checkpoint nowhere: not 'best', 'latest'"),
