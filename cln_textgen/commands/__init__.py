@@ -10,6 +10,12 @@ def add_config_args(parser):
                         help="override a config key, e.g. --set train.batch_size=16 (repeatable)")
 
 
+def add_checkpoint_arg(parser):
+    """``--checkpoint`` of the commands that load one checkpoint of a run."""
+    parser.add_argument("--checkpoint", default="best", metavar="WHICH",
+                        help="best (default), latest, a step of the run, or a checkpoint path")
+
+
 def say(text=""):
     print(text, flush=True)
 

@@ -2,7 +2,7 @@
 
 import json
 
-from cln_textgen.commands import say
+from cln_textgen.commands import add_checkpoint_arg, say
 
 
 def register(sub):
@@ -16,8 +16,7 @@ def register(sub):
     p.add_argument("--run", required=True, metavar="DIR", help="the run folder")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="the model's base folder (created if missing)")
-    p.add_argument("--checkpoint", default="best", metavar="WHICH",
-                   help="best (default), latest, a step of the run, or a checkpoint path")
+    add_checkpoint_arg(p)
     p.set_defaults(func=run)
 
 

@@ -5,6 +5,7 @@ import sys
 import warnings
 
 from cln_textgen import options as table
+from cln_textgen.commands import add_checkpoint_arg
 from cln_textgen.errors import UserError
 
 
@@ -31,8 +32,7 @@ def register(sub):
                    help="text every sample starts with; each text is the prompt exactly as "
                         "given, then the continuation")
     table.add_flags(p)
-    p.add_argument("--checkpoint", default="best", metavar="WHICH",
-                   help="best (default), latest, a step of the run, or a checkpoint path")
+    add_checkpoint_arg(p)
     p.add_argument("--show-options", action="store_true",
                    help="print the options in effect for this run (its generate: section "
                         "and the flags given), then exit")

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from cln_textgen.commands import say
+from cln_textgen.commands import add_checkpoint_arg, say
 from cln_textgen.errors import UserError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -19,8 +19,7 @@ def register(sub):
                     "authentication: keep the default loopback address unless a proxy in front "
                     "of it controls access.")
     p.add_argument("--run", required=True, metavar="DIR", help="the run folder")
-    p.add_argument("--checkpoint", default="best", metavar="WHICH",
-                   help="best (default), latest, a step of the run, or a checkpoint path")
+    add_checkpoint_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     defaults = Limits()
