@@ -154,7 +154,10 @@ class Config:
         problem = contradiction(g)
         if problem:
             fail("generate", problem)
-        if g.guidance != 1.0 and not (m.conditional and m.label_dropout > 0):
+        if g.guidance != 1.0 and not m.conditional:
+            fail("generate.guidance", f"{g.guidance:g} guides by the label, which a model "
+                 "with model.conditional false does not read: set generate.guidance to 1")
+        if g.guidance != 1.0 and not m.label_dropout > 0:
             fail("generate.guidance", f"{g.guidance:g} needs the null condition that "
                  "model.label_dropout trains (set it, e.g. 0.1), or keep 1 here and guide "
                  "with --negative-label when generating")

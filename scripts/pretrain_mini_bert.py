@@ -74,7 +74,7 @@ CHECKPOINT = "bert_model.ckpt"
 # The settings a resumed run must share with the run it resumes.
 RESUME_KEYS = (
     "steps", "batch_size", "seq_len", "lr", "warmup", "min_count", "seed", "dropout",
-    "lm_share", "layers", "hidden", "mask_rate",
+    "lm_share", "layers", "hidden", "mask_rate", "local_heads",
 )
 
 
@@ -119,6 +119,14 @@ def parse_args(argv=None):
         help="share of the characters of a masked row chosen as targets (BERT: 0.15); "
         "the held-out sets always mask 15%%",
     )
+    parser.add_argument(
+        "--local-heads",
+        type=int,
+        default=0,
+        help="attention heads per layer that start out looking at a neighbour "
+        "(the previous character, the next, two back, two ahead, ...); 0 is BERT's "
+        "random start",
+    )
     parser.add_argument("--layers", type=int, default=4, help="transformer layers")
     parser.add_argument(
         "--hidden", type=int, default=256, help="hidden size (heads of 64, feed-forward 4x)"
@@ -148,6 +156,8 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.hidden < 64 or args.hidden % 64:
         parser.error("--hidden must be a positive multiple of 64")
+    if not 0 <= args.local_heads < args.hidden // 64:
+        parser.error(f"--local-heads must be in [0, {args.hidden // 64}) (--hidden / 64 heads)")
     if not 0 < args.mask_rate < 1:
         parser.error("--mask-rate must be in (0, 1)")
     if not 0 <= args.lm_share < 1:
@@ -474,6 +484,81 @@ def build_transformer(config, seed, dropout_seed):
     )
 
 
+def neighbour_offsets(count):
+    """Offsets of the neighbours the first ``count`` heads look at: -1, 1, -2, 2, ..."""
+    return [(i // 2 + 1) * (-1 if i % 2 == 0 else 1) for i in range(count)]
+
+
+def start_local_heads(transformer, config, count, seed):
+    """Start the first ``count`` heads of every layer looking at a neighbour.
+
+    A BERT trained from scratch spends its first thousands of steps
+    predicting every hidden character from its frequency alone: attention
+    has to find, by gradient, that the characters next to a [MASK] tell most
+    about it (see the model's comparison.md).  This starts it there instead,
+    and the checkpoint stays a plain BERT's (only the starting weights change):
+
+    * the last 64 dimensions of the embeddings carry the position alone: the
+      token and segment embeddings start at zero there, the position
+      embeddings hold sine/cosine pairs there (frequencies from 0.75 pi down to
+      one turn over twice the longest row) and zero elsewhere;
+    * in head ``h`` the query rotates those pairs by the head's offset ``o``
+      and the key copies them, so the score of query ``i`` and key ``j`` is a
+      sum of ``cos(w (i + o - j))``: at most where ``j = i + o``; scaled so
+      that after the embedding LayerNorm about 0.85 of the attention falls on
+      that neighbour;
+    * the head's values read a random 64-dimensional view of the token
+      dimensions and its output writes it back there, so the neighbour's
+      character reaches the position that attends to it.
+
+    Everything else keeps BERT's random start.
+    """
+    if not count:
+        return
+    hidden = config["hidden_size"]
+    key_size = hidden // config["num_attention_heads"]
+    token_dims = hidden - key_size
+    pairs = key_size // 2
+    layers = transformer.layers
+    for name in ("Embedding-Token", "Embedding-Segment"):
+        table = layers[name].embeddings.numpy()
+        table[:, token_dims:] = 0.0
+        layers[name].embeddings.assign(table)
+    freqs = 0.75 * np.pi * (np.pi / (0.75 * np.pi * MAX_POSITION)) ** (np.arange(pairs) / (pairs - 1))
+    angles = np.arange(MAX_POSITION)[:, None] * freqs
+    # The same norm as the token part of an embedding (truncated normal: std 0.88 x range).
+    scale = 0.88 * config["initializer_range"] * np.sqrt(token_dims / pairs)
+    positions = np.zeros((MAX_POSITION, hidden))
+    positions[:, token_dims::2] = scale * np.sin(angles)
+    positions[:, token_dims + 1 :: 2] = scale * np.cos(angles)
+    layers["Embedding-Position"].embeddings.assign(positions.astype(np.float32))
+    # After the LayerNorm a sine/cosine pair has amplitude about 2, so a score
+    # (divided by sqrt(key_size) = 8) peaks at about 16 * qk_scale**2 = 20.
+    qk_scale = np.sqrt(20.0 / 16.0)
+    rng = np.random.default_rng([seed, 2])
+    sin_rows, cos_rows = np.arange(token_dims, hidden, 2), np.arange(token_dims + 1, hidden, 2)
+    for layer in range(config["num_hidden_layers"]):
+        attention = layers[f"Transformer-{layer}-MultiHeadSelfAttention"]
+        dense = [attention.q_dense, attention.k_dense, attention.v_dense, attention.o_dense]
+        q, k, v, o = (d.kernel.numpy() for d in dense)
+        for head, offset in enumerate(neighbour_offsets(count)):
+            cols = np.arange(head * key_size, (head + 1) * key_size)
+            sin_cols, cos_cols = cols[0::2], cols[1::2]
+            cos, sin = qk_scale * np.cos(freqs * offset), qk_scale * np.sin(freqs * offset)
+            q[:, cols] = 0.0
+            q[sin_rows, sin_cols], q[cos_rows, sin_cols] = cos, sin
+            q[cos_rows, cos_cols], q[sin_rows, cos_cols] = cos, -sin
+            k[:, cols] = 0.0
+            k[sin_rows, sin_cols] = k[cos_rows, cos_cols] = qk_scale
+            view, _ = np.linalg.qr(rng.normal(size=(token_dims, key_size)))
+            v[:, cols] = 0.0
+            v[:token_dims, cols] = view
+            o[cols, :] = 0.0
+            o[cols, :token_dims] = view.T
+        for d, kernel in zip(dense, (q, k, v, o)):
+            d.kernel.assign(kernel.astype(np.float32))
+
+
 def check_distinct_weights(model):
     """Raise if two weight matrices of ``model`` hold the same values."""
     seen = {}
@@ -721,6 +806,7 @@ def check_settings(work_dir, settings):
         return None
     saved = json.loads(path.read_text(encoding="utf-8"))
     saved.setdefault("mask_rate", MASK_RATE)  # recorded before --mask-rate existed
+    saved.setdefault("local_heads", 0)  # recorded before --local-heads existed
     changed = [k for k in settings if saved.get(k) != settings[k]]
     if not changed:
         return None
@@ -878,6 +964,20 @@ def write_readme(out_dir, report):
         "over masked positions plus the mean over next-token positions. "
         if t["lm_rows_per_batch"] else "Every row was a masked row. "
     )
+    local = (
+        f"The first {t['local_heads']} attention heads of every layer started out looking at "
+        "a neighbour (offsets " + ", ".join(f"{o:+d}" for o in neighbour_offsets(t["local_heads"]))
+        + "; `--local-heads`, see `start_local_heads` in the script): the last 64 dimensions "
+        "of the embeddings started as sine/cosine position codes, those heads' queries and keys "
+        "as a rotation and a copy of them, their values and outputs as a view of the token "
+        "dimensions; every other weight started as BERT's. "
+        if t.get("local_heads") else ""
+    )
+    shared = (
+        f"The two cores were shared with other jobs (this run at `nice -n {t['niceness']}`), "
+        "so step times varied with their load."
+        if t.get("niceness") else "Step times varied with the load of other jobs on the machine."
+    )
     partial = (
         f" (of a schedule planned for {t['planned_steps']}, exported with `--export-now` "
         "before its end)" if t["steps"] < t["planned_steps"] else ""
@@ -962,7 +1062,7 @@ and digit in both forms. Characters of reviews that become `[UNK]`:
 {t["steps"]} steps{partial} of {t["batch_size"]} sequences x {t["seq_len"]} tokens
 ({t["tokens_seen"]:,} token positions, about {t["epochs"]:.1f} passes over the
 corpus). Masked rows: BERT masking ({t["mask_rate"]:.0%} of characters; 80% `[MASK]`, 10% random, 10%
-kept, drawn anew for every batch). {lm_rows}AdamW (weight decay {WEIGHT_DECAY}, none on
+kept, drawn anew for every batch). {lm_rows}{local}AdamW (weight decay {WEIGHT_DECAY}, none on
 biases and LayerNorm) with peak learning rate {t["lr"]}, linear warm-up over
 {t["warmup_steps"]} steps and linear decay to 0, gradient norm clipped at 1,
 dropout {t["dropout"]} while pretraining ({config["hidden_dropout_prob"]} written into
@@ -978,8 +1078,7 @@ same command again resumes and ends exactly where an unbroken run ends
 
 Machine: {m["machine"]}. Training took {t["train_seconds"] / 60:.1f} minutes
 ({t["steps_per_second"]:.2f} steps/s), the held-out evaluations during it
-{t["eval_seconds"] / 60:.1f} minutes. The two cores were shared with other
-jobs (this run at `nice -n 19`), so step times varied with their load.
+{t["eval_seconds"] / 60:.1f} minutes. {shared}
 Final training loss on masked rows (mean of the last 100 steps): {t["final_train_loss"]}.
 
 ## During training
@@ -1066,6 +1165,8 @@ def main(argv=None):
         model_config(args, len(vocab), args.dropout), args.seed, dropout_seed
     )
     check_distinct_weights(transformer.model)
+    start_local_heads(transformer, model_config(args, len(vocab), args.dropout),
+                      args.local_heads, args.seed)
     mlm = MaskedLM(transformer)
     optimizer = make_optimizer(args)
     train_step, eval_step = make_steps(mlm, optimizer)
@@ -1157,6 +1258,8 @@ def make_report(args, command, corpus, train_pieces, token_ids, vocab, tokenizer
             "dropout": args.dropout,
             "lm_share": args.lm_share,
             "mask_rate": args.mask_rate,
+            "local_heads": args.local_heads,
+            "niceness": os.nice(0),
             "lm_rows_per_batch": round(args.lm_share * args.batch_size),
             "layers": args.layers,
             "hidden": args.hidden,

@@ -208,7 +208,7 @@ def test_bad_guidance_and_mixes_are_one_line(trained_run, capsys, args, message)
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_guidance_in_the_config_needs_label_dropout(trained_run, capsys):
+def test_guidance_in_the_config_needs_label_dropout_and_a_conditional_model(trained_run, capsys):
     from cln_textgen.cli import main
 
     config = str(trained_run.parent / "config.yaml")
@@ -216,6 +216,10 @@ def test_guidance_in_the_config_needs_label_dropout(trained_run, capsys):
                  "--set", "generate.guidance=2", "--set", "run_dir=unused"]) == 2
     err = capsys.readouterr().err
     assert "generate.guidance: 2 needs the null condition that model.label_dropout" in err
+    assert main(["train", "--config", config, "--set", "model.conditional=false",
+                 "--set", "generate.guidance=2", "--set", "run_dir=unused"]) == 2
+    err = capsys.readouterr().err
+    assert "generate.guidance: 2 guides by the label" in err and "set generate.guidance to 1" in err
 
 
 def test_the_test_run_trains_with_label_dropout(trained_run):

@@ -151,6 +151,47 @@ def test_scored_logits_equal_an_independent_bert_in_both_row_kinds(pretrain, tmp
     np.testing.assert_array_equal(labels[1, hidden], token_ids[rows[1], hidden])
 
 
+def test_local_heads_start_out_reading_their_neighbour(pretrain):
+    """Changing the character just before position i moves the first layer's
+    attention output at i; with BERT's random start it moves no more than a far one."""
+    import types
+
+    from cln_textgen.backend import keras
+    from cln_textgen.model.layers import DropoutSeed
+
+    config = pretrain.model_config(types.SimpleNamespace(hidden=128, layers=2), 40, 0.0)
+    rng = np.random.default_rng(0)
+    token_ids = rng.integers(5, 40, size=(1, 40)).astype(np.int32)
+    token_ids[0, 20] = pretrain.MASK_ID
+    inputs = lambda ids: [ids, np.zeros_like(ids), np.zeros(1, np.int32)]  # noqa: E731
+
+    def shifts(local_heads):
+        transformer = pretrain.build_transformer(config, 0, DropoutSeed(0))
+        before = [w.numpy() for w in transformer.model.weights]
+        pretrain.start_local_heads(transformer, config, local_heads, 0)
+        changed = sum(not np.array_equal(a, w.numpy())
+                      for a, w in zip(before, transformer.model.weights))
+        attention = keras.Model(transformer.model.inputs,
+                                transformer.layers["Transformer-0-MultiHeadSelfAttention"].output)
+        base = attention(inputs(token_ids)).numpy()[0, 20]
+        moved = {}
+        for offset in (-1, -8, 1, 8):
+            other = token_ids.copy()
+            other[0, 20 + offset] = 5 + (other[0, 20 + offset] - 4) % 35
+            moved[offset] = np.linalg.norm(attention(inputs(other)).numpy()[0, 20] - base)
+        return changed, moved
+
+    changed, moved = shifts(0)
+    assert changed == 0
+    assert moved[-1] < 3 * moved[-8]
+    changed, moved = shifts(1)  # one head of two: the previous character
+    assert changed == 3 + 4 * config["num_hidden_layers"]  # 3 embeddings, q/k/v/o kernels
+    assert moved[-1] > 10 * max(moved[-8], moved[8], moved[1]), moved
+    assert pretrain.neighbour_offsets(4) == [-1, 1, -2, 2]
+    with pytest.raises(SystemExit):
+        pretrain.parse_args(["--hidden", "128", "--local-heads", "2"])
+
+
 def test_training_fits_one_small_batch(pretrain):
     """The whole step (loss, gradients, AdamW, clipping, schedule) can memorise a batch."""
     import types
