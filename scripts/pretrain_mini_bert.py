@@ -1161,12 +1161,10 @@ def main(argv=None):
         fail(mismatch)
 
     dropout_seed = DropoutSeed(args.seed)
-    transformer = build_transformer(
-        model_config(args, len(vocab), args.dropout), args.seed, dropout_seed
-    )
+    train_config = model_config(args, len(vocab), args.dropout)
+    transformer = build_transformer(train_config, args.seed, dropout_seed)
     check_distinct_weights(transformer.model)
-    start_local_heads(transformer, model_config(args, len(vocab), args.dropout),
-                      args.local_heads, args.seed)
+    start_local_heads(transformer, train_config, args.local_heads, args.seed)
     mlm = MaskedLM(transformer)
     optimizer = make_optimizer(args)
     train_step, eval_step = make_steps(mlm, optimizer)
