@@ -22,12 +22,18 @@ class Option:
     name: str
     type: type
     default: object
-    valid: object  # value -> bool
+    # value -> bool, or None for any value; written with & so that it also
+    # checks a tensor (the exported graph checks its inputs by these rules)
+    valid: object
     rule: str  # what ``valid`` asks, as said after the option's name
     help: str
     # Whether ``evaluate`` offers it: evaluation always samples, since beams
     # and greedy decoding return (nearly) one text, which no diversity figure judges.
     evaluate: bool = True
+    # Whether the decoding engine reads it per row (each row of a batch may
+    # have its own value: the server batches requests with different options);
+    # the others shape the call itself (how many beams, rows per batch).
+    per_row: bool = True
 
     @property
     def flag(self):
@@ -43,7 +49,7 @@ OPTIONS = (
            "divide the logits by this (below 1: safer, above 1: more varied)"),
     Option("top_k", int, 0, lambda v: v >= 0, "must be >= 0 (0: off)",
            "sample from the k likeliest tokens (0: off)"),
-    Option("top_p", float, 1.0, lambda v: 0 < v <= 1, "must be in (0, 1]",
+    Option("top_p", float, 1.0, lambda v: (v > 0) & (v <= 1), "must be in (0, 1]",
            "nucleus sampling: the likeliest tokens holding this mass (1.0: off)"),
     Option("repetition_penalty", float, 1.0, lambda v: v > 0, "must be > 0 (1.0: off)",
            "CTRL-style penalty on tokens already present (1.0: off)"),
@@ -55,16 +61,18 @@ OPTIONS = (
            "(1.0: off)"),
     Option("num_beams", int, 1, lambda v: v >= 1, "must be >= 1",
            "beam search with this many beams; returns up to that many texts per label",
-           evaluate=False),
-    Option("greedy", bool, False, lambda v: True, "",
+           evaluate=False, per_row=False),
+    Option("greedy", bool, False, None, "",
            "always take the likeliest token (one text per label)", evaluate=False),
-    Option("seed", int, 0, lambda v: 0 <= v < 2**31, "must be in [0, 2**31)",
+    Option("seed", int, 0, lambda v: (v >= 0) & (v <= 2**31 - 1), "must be in [0, 2**31)",
            "sample i of a call draws from (seed, i): same seed and options, same texts"),
     Option("batch_size", int, 32, lambda v: v >= 1, "must be >= 1",
-           "rows decoded at once; bounds memory, not the results"),
+           "rows decoded at once; bounds memory, not the results", per_row=False),
 )
 
 BY_NAME = {option.name: option for option in OPTIONS}
+# The options every decoded row carries (see Option.per_row).
+ROW_OPTIONS = tuple(o for o in OPTIONS if o.per_row)
 
 # Texts per label when -n is not given, by decoding mode (see default_n).
 SAMPLES_DEFAULT = 5
@@ -93,18 +101,29 @@ def check(name, value):
     kinds = {bool: bool, int: numbers.Integral, float: numbers.Real}[option.type]
     if not isinstance(value, kinds) or (option.type is not bool and isinstance(value, bool)):
         return f"must be {_KIND_NAMES[option.type]}"
-    return None if option.valid(value) else option.rule
+    return None if option.valid is None or option.valid(value) else option.rule
+
+
+# Options that contradict each other: (what breaks the rule, its name in a
+# graph's error, the message with the values).  The tests are written with &
+# so that they also check tensors (the exported graph's inputs).
+CONTRADICTIONS = (
+    (lambda o: o.min_new_tokens > o.max_new_tokens,
+     "min_new_tokens must not be above max_new_tokens",
+     lambda o: f"min_new_tokens={o.min_new_tokens} is above max_new_tokens="
+               f"{o.max_new_tokens}; lower one or raise the other"),
+    (lambda o: o.greedy & (o.num_beams > 1),
+     "greedy and num_beams above 1 are two decoding modes; choose one",
+     lambda o: f"greedy and num_beams={o.num_beams} are two decoding modes; choose one"),
+)
 
 
 def contradiction(options):
     """The one-line reason ``options`` (a :class:`GenerationOptions`) contradict
     each other, with the surface-neutral option names, or ``None``."""
-    if options.min_new_tokens > options.max_new_tokens:
-        return (f"min_new_tokens={options.min_new_tokens} is above max_new_tokens="
-                f"{options.max_new_tokens}; lower one or raise the other")
-    if options.greedy and options.num_beams > 1:
-        return (f"greedy and num_beams={options.num_beams} are two decoding modes; "
-                "choose one")
+    for breaks, _, message in CONTRADICTIONS:
+        if breaks(options):
+            return message(options)
     return None
 
 
@@ -116,17 +135,28 @@ def default_n(options):
     return options.num_beams if options.num_beams > 1 else SAMPLES_DEFAULT
 
 
+# What ``n`` texts per label may not be: (what breaks the rule, its name in a
+# graph's error, the message); ``repeats`` lets greedy decoding return its one
+# text ``n`` times (the trainer's samples).
+N_RULES = (
+    (lambda n, o, repeats: n < 1, "n must be at least 1",
+     lambda name, n, o: f"{name}: must be at least 1, got {n}"),
+    (lambda n, o, repeats: o.greedy & (n > 1) & (not repeats),
+     "greedy decoding gives one text per label",
+     lambda name, n, o: f"{name}={n}: greedy decoding gives one text per label; drop {name} "
+                        "or sample (without greedy)"),
+    (lambda n, o, repeats: (o.num_beams > 1) & (n > o.num_beams),
+     "beam search returns at most num_beams texts",
+     lambda name, n, o: f"{name}={n}: beam search returns at most num_beams={o.num_beams} "
+                        f"texts per label; raise num_beams or lower {name}"),
+)
+
+
 def check_n(n, options, name="n", repeats=False):
-    """The reason ``n`` texts per label cannot come from ``options``, or ``None``.
-    ``repeats``: allow greedy decoding to return its one text ``n`` times."""
-    if n < 1:
-        return f"{name}: must be at least 1, got {n}"
-    if options.greedy and n > 1 and not repeats:
-        return (f"{name}={n}: greedy decoding gives one text per label; drop {name} or "
-                "sample (without greedy)")
-    if options.num_beams > 1 and n > options.num_beams:
-        return (f"{name}={n}: beam search returns at most num_beams={options.num_beams} "
-                f"texts per label; raise num_beams or lower {name}")
+    """The reason ``n`` texts per label cannot come from ``options``, or ``None``."""
+    for breaks, _, message in N_RULES:
+        if breaks(n, options, repeats):
+            return message(name, n, options)
     return None
 
 

@@ -9,7 +9,7 @@ special tokens and [SEP] banned, so every row generates the full length.
   conditional-LM example drives it: ``predict`` runs the Keras model on the
   whole prefix at every step (``model.predict`` on ``last_token(model)``) and
   one call decodes one label.
-* ours: ``cln_textgen.generation.texts.generate`` (all labels in one batch), with
+* ours: ``cln_textgen.generation.generate.generate`` (all labels in one batch), with
   the step compiled by XLA and, to show why XLA is the default, without;
 * ours-guided: the same with classifier-free guidance (guidance 2 against the
   null condition): each text decodes beside its null row in the same batch.
@@ -94,7 +94,7 @@ def bert4keras_runner(model, tokenizer, top_k):
 
 
 def ours_runner(model, tokenizer, top_k, jit_compile, guidance=1.0):
-    from cln_textgen.generation import texts as generation
+    from cln_textgen.generation import generate as generation
 
     decoding = generation.Decoding(model, jit_compile=jit_compile)
     null_id = decoding.decoder.condition_rows - 1  # built with label dropout: the last row

@@ -6,7 +6,7 @@ simple and obviously right, and the fast path is tested against it.
 
 import numpy as np
 
-from cln_textgen.generation.texts import Generation, GenerationOptions, continuation
+from cln_textgen.generation.generate import Generation, GenerationOptions, continuation
 
 
 def filter_logits(logits, options):

@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 
 import bert_fixtures as bf
-from cln_textgen.backend import keras
-from cln_textgen.generation.decoder import CachedDecoder, left_pad
+from cln_textgen.backend import keras, tf
 from cln_textgen.errors import UserError
-from cln_textgen.generation.texts import Decoding, GenerationOptions, generate
-from reference import reference_generate
+from cln_textgen.generation.decoder import CachedDecoder, condition_weights, right_pad
+from cln_textgen.generation.engine import Row, loop
+from cln_textgen.generation.generate import Decoding, GenerationOptions, generate
 from cln_textgen.model.modeling import ModelConfig, build_model
-from cln_textgen.generation.beams import BeamSampler
-from cln_textgen.generation.samplers import GreedySampler
 from cln_textgen.model.tokenization import TextTokenizer
+from reference import reference_generate
 
 TOKENIZER = TextTokenizer({token: i for i, token in enumerate(bf.vocab_tokens(40))})
 
@@ -57,54 +56,74 @@ def full_logits(model, ids, label):
     return model([np.array([ids], np.int32), np.array([label], np.int32)])[0, -1].numpy()
 
 
-@pytest.mark.parametrize("conditional, hidden, jit", [
-    (True, None, True), (True, 8, False), (False, None, False)])
-def test_cached_logits_equal_the_full_model_at_every_step(conditional, hidden, jit):
-    model = tiny_model(conditional, hidden)
-    decoder = CachedDecoder(model, jit_compile=True) if jit else plain_decoder(model)
-    prompts = [[2], [2, 7, 9], [2, 5], [2, 11, 12, 13]]  # left padding of 3, 1, 2, 0
-    labels = [0, 1, 2, 1]
-    rng = np.random.default_rng(1)
+def decode_steps(decoder, prompts, labels, steps, variables, seed=1, copies=1):
+    """Run ``prompts`` through the cached decoder, then feed ``steps`` random
+    tokens per row; yields ``(logits, sequences)`` before every feed.  With
+    ``copies``, the rows are that many copies of a first block, fed alike."""
+    rng = np.random.default_rng(seed)
+    tokens, lengths = right_pad(prompts, 0)
+    norms = decoder.norms(tf.constant(decoder.condition_weights(labels)))
+    cache = decoder.empty_cache(len(prompts), 32, variables)
+    logits, cache = decoder.prefill(tf.constant(tokens), tf.constant(lengths), norms, cache)
     sequences = [list(p) for p in prompts]
-    state, logits = decoder.start(prompts, labels, max_new_tokens=6)
-    for step in range(6):
+    for _ in range(steps):
+        yield logits, sequences
+        new = np.tile(rng.integers(5, 40, len(prompts) // copies), copies).astype(np.int32)
+        columns = np.array([len(s) for s in sequences], np.int32)
+        for row, token in enumerate(new):
+            sequences[row].append(int(token))
+        logits, cache = decoder.step(tf.constant(new), tf.constant(columns), norms, cache)
+    yield logits, sequences
+
+
+@pytest.mark.parametrize("conditional, hidden, variables", [
+    (True, None, True), (True, 8, False), (False, None, False)])
+def test_cached_logits_equal_the_full_model_at_every_step(conditional, hidden, variables):
+    model = tiny_model(conditional, hidden)
+    decoder = CachedDecoder(model)
+    prompts = [[2], [2, 7, 9], [2, 5], [2, 11, 12, 13]]  # right padding of 3, 1, 2, 0
+    labels = [0, 1, 2, 1]
+    for logits, sequences in decode_steps(decoder, prompts, labels, 6, variables):
         for row, label in enumerate(labels):
             expected = full_logits(model, sequences[row], label)
             np.testing.assert_allclose(logits[row].numpy(), expected, rtol=0, atol=1e-5)
-        new = rng.integers(5, 40, len(prompts))
-        for row, token in enumerate(new):
-            sequences[row].append(int(token))
-        if step < 5:
-            logits = decoder.step(state, new)
     if conditional:  # the labels matter, so the comparison above could fail
         assert not np.allclose(full_logits(model, [2], 0), full_logits(model, [2], 1), atol=1e-3)
+
+
+def test_the_compiled_step_equals_the_full_model():
+    model = tiny_model()
+    decoder = CachedDecoder(model)
+    step = tf.function(decoder.step, jit_compile=True)
+    tokens, lengths = right_pad([[2, 7], [2]], 0)
+    norms = decoder.norms(tf.constant(condition_weights([1, 0], 3)))
+    cache = decoder.empty_cache(2, 16, variables=True)
+    _, cache = decoder.prefill(tf.constant(tokens), tf.constant(lengths), norms, cache)
+    logits, _ = step(tf.constant([9, 9]), tf.constant([2, 1]), norms, cache)
+    np.testing.assert_allclose(logits[0].numpy(), full_logits(model, [2, 7, 9], 1), atol=1e-5)
+    np.testing.assert_allclose(logits[1].numpy(), full_logits(model, [2, 9], 0), atol=1e-5)
 
 
 def test_a_mixed_precision_model_decodes_in_float32():
     # The trainer samples from its model, which may compute in float16.
     model = tiny_model(policy="mixed_float16")
-    decoder = plain_decoder(model)
-    state, logits = decoder.start([[2, 7], [2]], [1, 0], max_new_tokens=2)
-    logits = decoder.step(state, [9, 9])
+    *_, (logits, sequences) = decode_steps(CachedDecoder(model), [[2, 7], [2]], [1, 0], 1,
+                                           variables=True)
     assert logits.dtype == "float32"
-    np.testing.assert_allclose(logits[0].numpy(), full_logits(model, [2, 7, 9], 1), atol=0.05)
+    np.testing.assert_allclose(logits[0].numpy(), full_logits(model, sequences[0], 1), atol=0.05)
 
 
-def test_the_cache_refuses_more_steps_than_it_holds():
-    decoder = plain_decoder(tiny_model())
-    state, _ = decoder.start([[2]], [0], max_new_tokens=1)
-    while state.index < state.length:
-        decoder.step(state, [5])
-    with pytest.raises(ValueError, match="cache is full"):
-        decoder.step(state, [5])
-    with pytest.raises(UserError, match="positions"):
-        decoder.start([[2] * 10], [0], max_new_tokens=45)
+def test_the_positions_of_the_model_are_a_limit():
+    decoder = CachedDecoder(tiny_model())
+    decoder.check_positions(10, 39)  # 10 + 38 fed tokens: all 48 positions
+    with pytest.raises(UserError, match="need 49 positions but the model has 48"):
+        decoder.check_positions(10, 40)
 
 
-def test_left_pad():
-    array, pads = left_pad([[1, 2], [3], [4, 5, 6]], -1)
-    assert array.tolist() == [[-1, 1, 2], [-1, -1, 3], [4, 5, 6]]
-    assert pads.tolist() == [1, 2, 0]
+def test_right_pad():
+    array, lengths = right_pad([[1, 2], [3], [4, 5, 6]], -1)
+    assert array.tolist() == [[1, 2, -1], [3, -1, -1], [4, 5, 6]]
+    assert lengths.tolist() == [2, 1, 3]
 
 
 @pytest.mark.parametrize("prompt", ["", "很好的"])
@@ -118,7 +137,7 @@ def test_greedy_generate_equals_the_reference(prompt):
     assert len({tuple(g.token_ids) for g in fast}) > 1  # labels lead to different texts
 
 
-def test_choices_compiled_into_the_xla_step_match_the_plain_ones():
+def test_the_xla_step_chooses_what_the_plain_one_chooses():
     model = tiny_model()
     xla, plain = Decoding(model, jit_compile=True), plain_decoding(model)
 
@@ -149,13 +168,17 @@ def test_rows_of_different_prompts_decode_as_if_alone():
 
 
 def test_one_beam_equals_greedy_on_the_model():
-    decoder = plain_decoder(tiny_model())
-    prompts = [TOKENIZER.encode_prompt(t) for t in ["", "很好"]]
-    kwargs = dict(stop_id=TOKENIZER.sep_id, banned_ids=[0, 1, 2, 4], max_new_tokens=10)
-    greedy = GreedySampler()(decoder, prompts, [0, 1], **kwargs)
-    assert BeamSampler(num_beams=1)(decoder, prompts, [0, 1], **kwargs) == greedy
-    wide = BeamSampler(num_beams=3)(decoder, prompts, [0, 1], num_return=2, **kwargs)
-    assert len(wide) == 4
+    model = tiny_model()
+    decoding = plain_decoding(model)
+    search = decoding.beam_search(TOKENIZER)
+    options = GenerationOptions(max_new_tokens=10, min_new_tokens=2)
+    rows = [Row(TOKENIZER.encode_prompt(t), label, options, 0)
+            for t, label in (("", 0), ("很好", 1))]
+    greedy = generate(model, TOKENIZER, [0, 1], prompts=["", "很好"], decoding=decoding,
+                      options=GenerationOptions(max_new_tokens=10, min_new_tokens=2, greedy=True))
+    one = search.results(loop(search, search.start(rows, 1, 1)))
+    assert one == [g.token_ids for g in greedy]
+    assert len(search.results(loop(search, search.start(rows, 3, 2)))) == 4
 
 
 def test_seeded_sampling_is_reproducible_and_streams_its_text():

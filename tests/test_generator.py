@@ -65,8 +65,8 @@ def test_twenty_mixed_calls_on_one_generator_match_fresh_generators():
         expected = texts(open_generator(max_new_tokens=12), label, **options)
         assert texts(kept, label, **options) == expected, call
     # what the generator keeps compiled is bounded, whatever it was asked
-    assert len(kept.decoding.decoder._compiled) <= kept.decoding.decoder._KEEP_SHAPES
-    assert len(kept.decoding._samplers) <= kept.decoding._KEEP_SAMPLERS
+    engine = kept.decoding.engine(TOKENIZER)
+    assert 0 < len(engine._steps) <= engine._KEEP_STEPS
 
 
 @pytest.mark.parametrize("options", [dict(top_k=6), dict(), dict(top_p=0.8, temperature=1.5),

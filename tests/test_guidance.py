@@ -9,11 +9,13 @@ import pytest
 from cln_textgen.backend import tf
 from cln_textgen.data.batching import drop_labels
 from cln_textgen.errors import UserError
-from cln_textgen.generation.request import contrast, label_ids
-from cln_textgen.generation.samplers import guide
-from cln_textgen.generation.texts import GenerationOptions, generate
+from cln_textgen.generation.conditions import contrast, label_ids
+from cln_textgen.generation.decoder import CachedDecoder
+from cln_textgen.generation.engine import Context, DecodeState, params_of
+from cln_textgen.generation.generate import GenerationOptions, generate
+from cln_textgen.generation.processors import Guidance
 from cln_textgen.model.modeling import ModelConfig, build_model
-from test_decoding import TOKENIZER, full_logits, plain_decoder, plain_decoding
+from test_decoding import TOKENIZER, decode_steps, full_logits, plain_decoding
 
 LABELS = ["a", "b", "c"]
 
@@ -45,6 +47,19 @@ def log_softmax(x):
                                                                                            keepdims=True))
 
 
+def guide(logits, guidance):
+    """The guidance processor on ``(2 r, vocab)`` logits: ``r`` guided rows,
+    then their contrast rows; returns the guided rows' scores."""
+    rows = int(logits.shape[0]) // 2
+    partner = list(range(rows, 2 * rows)) + list(range(rows))
+    state = DecodeState(
+        scores=None, short=None, history=None, length=None, prompt_length=None, done=None,
+        last=None, partner=tf.constant(partner), main=tf.constant([True] * rows + [False] * rows),
+        row_id=None, params=params_of([GenerationOptions(guidance=guidance)] * (2 * rows)),
+        norms=None, cache=None)
+    return Guidance().apply(logits, state, Context(3, None))[:rows]
+
+
 def test_guide_on_hand_made_logits():
     rng = np.random.default_rng(0)
     label, other = rng.normal(0, 3, (2, 5, 11))
@@ -60,24 +75,18 @@ def test_guide_on_hand_made_logits():
 
 def test_cached_guided_logits_equal_the_full_model_at_every_step():
     model, config = null_model()
-    decoder = plain_decoder(model)
     null, g = config.null_id, 2.5
     prompts = [[2], [2, 7, 9], [2, 5]]
     labels = [0, 1, 2]
-    sequences = [list(p) for p in prompts]
-    state, logits = decoder.start(prompts * 2, labels + [null] * 3, max_new_tokens=5)
-    rng = np.random.default_rng(1)
-    for step in range(5):
+    # The contrast rows are fed what their rows are fed: the same prompts, the same seed.
+    for logits, sequences in decode_steps(CachedDecoder(model), prompts * 2,
+                                          labels + [null] * 3, 5, variables=True, copies=2):
         guided = guide(logits, g).numpy()
         for row, label in enumerate(labels):
+            assert sequences[row] == sequences[row + 3]
             full = log_softmax(full_logits(model, sequences[row], label))
             free = log_softmax(full_logits(model, sequences[row], null))
             np.testing.assert_allclose(guided[row], free + g * (full - free), atol=1e-4)
-        new = rng.integers(5, 40, len(prompts))
-        for row, token in enumerate(new):
-            sequences[row].append(int(token))
-        if step < 4:
-            logits = decoder.step(state, np.concatenate([new, new]))
 
 
 def test_guidance_zero_generates_what_the_null_condition_generates():
@@ -139,9 +148,9 @@ def test_streamed_guided_text_joins_to_the_result():
 
 def test_a_mix_conditions_on_the_weighted_embedding():
     model, config = null_model()
-    decoder = plain_decoder(model)
     prompts = [[2, 7, 9]] * 3
-    _, logits = decoder.start(prompts, [1, ((1, 1.0),), ((0, 0.25), (2, 0.75))], 2)
+    conditions = [1, ((1, 1.0),), ((0, 0.25), (2, 0.75))]
+    logits, _ = next(decode_steps(CachedDecoder(model), prompts, conditions, 0, False))
     # weight 1 on one label is that label, exactly
     np.testing.assert_array_equal(logits[0].numpy(), logits[1].numpy())
     # a mix equals a model whose label embedding holds the mixed row

@@ -59,16 +59,13 @@ def test_every_surface_refuses_a_bad_value_with_the_tables_rule(option, tmp_path
     assert rule in str(caught.value)
 
 
-def test_samplers_check_with_the_table():
-    from cln_textgen.generation.beams import BeamSampler
-    from cln_textgen.generation.samplers import Sampler, TopPSampler
+def test_every_option_reaches_the_engine_per_row_or_shapes_the_call():
+    from cln_textgen.generation.engine import params_of
 
-    for make, name, value in ((lambda v: Sampler(temperature=v), "temperature", 0.0),
-                              (lambda v: Sampler(repetition_penalty=v), "repetition_penalty", -1.0),
-                              (lambda v: TopPSampler(p=v), "top_p", 1.5),
-                              (lambda v: BeamSampler(num_beams=v), "num_beams", 0)):
-        with pytest.raises(ValueError, match=re.escape(table.check(name, value))):
-            make(value)
+    params = params_of([table.GenerationOptions(top_k=3), table.GenerationOptions(top_p=0.5)])
+    assert set(params) == {o.name for o in table.ROW_OPTIONS}
+    assert params["top_k"].numpy().tolist() == [3, 0]
+    assert {o.name for o in table.OPTIONS if not o.per_row} == {"num_beams", "batch_size"}
 
 
 def test_unknown_options_and_contradictions():

@@ -47,7 +47,7 @@ def register(sub):
 def resolve_request(args):
     """The run, its labels and the options in effect, all checked without
     TensorFlow: ``(run, labels, options, n)``."""
-    from cln_textgen.generation.request import contrast, label_ids
+    from cln_textgen.generation.conditions import contrast, label_ids
     from cln_textgen.runs.folder import open_run
 
     run_dir = open_run(args.run)
@@ -80,7 +80,8 @@ def run(args):
                         "and --output, or drop --stream")
 
     from cln_textgen.generation.generator import TextGenerator
-    from cln_textgen.generation.request import checkpoint_step, condition_name
+    from cln_textgen.generation.conditions import condition_name
+    from cln_textgen.runs.restore import checkpoint_step
 
     generator = TextGenerator.from_run(args.run, args.checkpoint, label=args.label)
     print(f"options: n={n} {table.describe(options)}", file=sys.stderr)

@@ -30,8 +30,9 @@ from cln_textgen.config import load_config
 from cln_textgen.data.corpus import load_split
 from cln_textgen.errors import UserError
 from cln_textgen.evaluation.report import FIGURES, NGRAM, SELF_BLEU_N, write_reports
-from cln_textgen.generation.generator import TextGenerator, resolve_checkpoint
-from cln_textgen.generation.request import contrast
+from cln_textgen.generation.generator import TextGenerator
+from cln_textgen.generation.conditions import contrast
+from cln_textgen.runs.restore import resolve_checkpoint
 from cln_textgen.options import as_flag, resolve
 from cln_textgen.runs.folder import open_run
 from cln_textgen.training.step import make_scorer, split_loss

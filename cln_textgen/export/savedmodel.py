@@ -7,6 +7,7 @@ name is not a number, so a server never loads it) and renamed to its number
 only once complete; a failed export removes its temporary folder.
 """
 
+import dataclasses
 import datetime
 import hashlib
 import os
@@ -17,8 +18,7 @@ from pathlib import Path
 
 from cln_textgen import __version__
 from cln_textgen.errors import UserError
-from cln_textgen.generation.generator import load_model, resolve_checkpoint
-from cln_textgen.generation.request import checkpoint_step
+from cln_textgen.runs.restore import checkpoint_step, load_model, resolve_checkpoint
 from cln_textgen.runs.files import fsync_dir, fsync_files
 from cln_textgen.runs.folder import open_run
 
@@ -41,12 +41,14 @@ def versions(out):
     return sorted(int(p.name) for p in out.iterdir() if re.fullmatch(r"\d+", p.name))
 
 
-def describe(run, checkpoint, labels, tokenizer):
-    """What the export records: its ``info`` signature and asset."""
+def describe(run, checkpoint, labels, tokenizer, model_config):
+    """What the export records: its ``info`` signature and asset, with the
+    run's ``generate:`` defaults (a client fills the inputs it leaves unset
+    from them, as the CLI does)."""
     from cln_textgen.backend import tf
 
     return {
-        "format": "cln_textgen SavedModel 1",
+        "format": "cln_textgen SavedModel 2",
         "package_version": __version__,
         "tensorflow_version": tf.__version__,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -54,6 +56,8 @@ def describe(run, checkpoint, labels, tokenizer):
         "checkpoint": str(Path(checkpoint).resolve()),
         "step": checkpoint_step(checkpoint),
         "labels": {name: i for i, name in enumerate(labels)},
+        "null_condition": model_config.null_id is not None,
+        "generate_defaults": dataclasses.asdict(run.read_config().generate),
         "vocab_size": tokenizer.vocab_size,
         "vocab_sha256": hashlib.sha256(run.vocab.read_bytes()).hexdigest(),
         "special_ids": {"cls": tokenizer.cls_id, "sep": tokenizer.sep_id,
@@ -78,10 +82,10 @@ def export_run(run_dir, out, checkpoint="best"):
     from cln_textgen.export.graph import ExportedGenerator
     from cln_textgen.model.tokenization import TextTokenizer
 
-    model, _, path = load_model(run, checkpoint)
+    model, model_config, path = load_model(run, checkpoint)
     tokenizer = TextTokenizer.from_file(run.vocab, run.read_config().model.lower_case)
-    info = describe(run, path, labels, tokenizer)
-    module = ExportedGenerator(model, tokenizer, len(labels), info)
+    info = describe(run, path, labels, tokenizer, model_config)
+    module = ExportedGenerator(model, tokenizer, labels, model_config.null_id, info)
     temporary = Path(tempfile.mkdtemp(prefix=".export-", suffix=".tmp", dir=out))
     try:
         tf.saved_model.save(module, str(temporary), signatures=module.signatures())

@@ -1,127 +1,198 @@
-"""Beam search on the decoding loop of :mod:`cln_textgen.generation.samplers`."""
+"""Beam search on the one decoding loop: its own step, the same forward pass
+and processors as sampling (:mod:`cln_textgen.generation.engine`).
+
+A sequence's score is the sum of its tokens' log-probabilities under the
+processed scores (no length normalisation).  Since every step can only lower
+a score, a prompt (a *group* of ``beams`` rows) is done once ``num_return``
+finished sequences score at least as high as its best live beam: the result
+is then exactly the best that this beam width finds.  With one beam this is
+greedy search.
+
+Each step takes, per group, the ``2 * beams`` best extensions of its live
+beams: an end of text among the first ``beams`` of them finishes a sequence,
+and the first ``beams`` others become the new beams (copies of the best one
+fill the places of missing ones, at score -inf).  Finished sequences are
+kept per group, best first (the earlier found first among equal scores).
+Guided beams keep their contrast rows beside them, reordered with them.
+"""
+
+from typing import NamedTuple
 
 import numpy as np
 
 from cln_textgen.backend import tf
-from cln_textgen.generation.samplers import (Sampler, _ban_masks, _check, _guided, _history,
-                                             guide)
+from cln_textgen.generation.engine import DecodeState, _carried, _kept
+from cln_textgen.generation.processors import process
+
+NEG_INF = -np.inf
 
 
-class BeamSampler(Sampler):
-    """Beam search: the ``num_return`` best-scoring sequences of ``num_beams`` beams.
+class BeamState(NamedTuple):
+    rows: DecodeState  # groups * beams rows, group by group (then their contrast rows)
+    beam_scores: object  # (groups * beams,) float32
+    finished_scores: object  # (groups, returns) float32, -inf where empty
+    finished_history: object  # (groups, returns, width) int32: the rows' histories
+    finished_length: object  # (groups, returns) int32
+    group_done: object  # (groups,) bool
 
-    A sequence's score is the sum of its tokens' log-probabilities under the
-    processed logits (no length normalisation).  Since every step can only
-    lower a score, a prompt is done once ``num_return`` finished sequences
-    score at least as high as its best live beam: the result is then exactly
-    the best that this beam width finds.  With one beam this is greedy search.
-    ``on_token`` receives each returned sequence once it is final.
-    """
 
-    def __init__(self, num_beams=4, **kwargs):
-        super().__init__(**kwargs)
-        _check(num_beams=num_beams)
-        self.num_beams = int(num_beams)
-        self._candidates = tf.function(self._candidates_impl)
-        self._guided_candidates = tf.function(
-            lambda logits, guidance, *args: self._candidates_impl(guide(logits, guidance), *args))
+class BeamSearch:
+    """Beam search over an :class:`~cln_textgen.generation.engine.Engine`'s
+    decoder and context; the beams and sequences kept per group are the
+    shapes of its state."""
 
-    def _candidates_impl(self, logits, history, length, banned, scores):
-        # The 2 * beams best (score, beam * vocab + token) of each prompt: enough
-        # to keep `beams` live beams even if every one of the best ends.
-        log_probs = tf.nn.log_softmax(self.process(logits, history, length, banned))
-        total = scores[:, None] + log_probs
-        total = tf.reshape(total, (-1, self.num_beams * log_probs.shape[-1]))
-        return tf.math.top_k(total, k=2 * self.num_beams)
+    def __init__(self, engine):
+        self.engine = engine
+        self._step = tf.function(self._step_impl)
 
-    def __call__(self, decoder, prompts, label_ids, *, stop_id, banned_ids=(),
-                 max_new_tokens=64, min_new_tokens=0, num_return=1, on_token=None, seed=None,
-                 row_ids=None, guidance=1.0, contrast=None):
-        del seed, row_ids  # beam search draws nothing at random
-        beams = self.num_beams
-        if num_return > beams:
+    def start(self, rows, beams, returns, variables=True):
+        """``beams`` beams for each of ``rows`` (:class:`~cln_textgen.generation.engine.Row`,
+        one per group), keeping its ``returns`` best sequences.  Only the first
+        beam of a group starts live, so the first step does not pick one
+        token once per identical beam."""
+        if returns > beams:
             raise ValueError(f"beam search returns at most num_beams={beams} sequences, "
-                             f"not {num_return}")
-        groups = len(prompts)
-        rows = [list(p) for p in prompts for _ in range(beams)]
-        # Only the first beam of each prompt starts live, so the first step
-        # does not pick the same token once per identical beam.
-        scores = np.tile([0.0] + [-np.inf] * (beams - 1), groups).astype(np.float32)
-        tokens = [[] for _ in rows]
-        finished = [[] for _ in range(groups)]  # (score, ids) per prompt
-        done = np.zeros(groups, bool)
-        if max_new_tokens <= 0:
-            return self._best([[(0.0, [])]] * groups, num_return, on_token)
-        conditions = [label for label in label_ids for _ in range(beams)]
-        guided = _guided(guidance, contrast)
-        if guided:  # the contrast rows follow the beams, and are reordered with them
-            state, logits = decoder.start(rows * 2, conditions + [contrast] * len(rows),
-                                          max_new_tokens)
-            strength = tf.constant(guidance, tf.float32)
+                             f"not {returns}")
+        state = self.engine.start([row for row in rows for _ in range(beams)], variables)
+        return self.begin(state, beams, returns)
 
-            def candidates(logits, *args):
-                return self._guided_candidates(logits, strength, *args)
-        else:
-            state, logits = decoder.start(rows, conditions, max_new_tokens)
-            candidates = self._candidates
-        history, start = _history(rows, max_new_tokens)
-        masks = _ban_masks(decoder.vocab_size, banned_ids, stop_id)
-        vocab = decoder.vocab_size
-        for step in range(max_new_tokens):
-            top_scores, top_ids = (t.numpy() for t in candidates(
-                logits, tf.constant(history), tf.constant(start + step),
-                masks[step < min_new_tokens], tf.constant(scores)))
-            parents = np.arange(len(rows))
-            chosen = np.full(len(rows), stop_id)
-            for group in np.flatnonzero(~done):
-                live = []
-                for rank, (score, flat) in enumerate(zip(top_scores[group], top_ids[group])):
-                    parent, token = group * beams + flat // vocab, flat % vocab
-                    if score == -np.inf or len(live) == beams:
-                        break
-                    if token == stop_id:
-                        if rank < beams:  # an end found below the beam width is not kept
-                            finished[group].append((float(score), tokens[parent]))
-                    else:
-                        live.append((float(score), parent, int(token)))
-                best = sorted(finished[group], key=lambda f: -f[0])
-                if not live or (len(best) >= num_return and best[num_return - 1][0] >= live[0][0]):
-                    done[group] = True
-                    continue
-                live += [(-np.inf, live[0][1], live[0][2])] * (beams - len(live))
-                for beam, (score, parent, token) in enumerate(live):
-                    row = group * beams + beam
-                    scores[row], parents[row], chosen[row] = score, parent, token
-            if done.all() or step == max_new_tokens - 1:
-                break
-            tokens = [tokens[p] + [int(t)] if not done[r // beams] else tokens[r]
-                      for r, (p, t) in enumerate(zip(parents, chosen))]
-            history = history[parents]
-            history[:, start + step] = chosen
-            scores[np.repeat(done, beams)] = -np.inf
-            if guided:
-                decoder.reorder(state, np.concatenate([parents, parents + len(rows)]))
-                logits = decoder.step(state, np.concatenate([chosen, chosen]))
-            else:
-                decoder.reorder(state, parents)
-                logits = decoder.step(state, chosen)
-        for group in np.flatnonzero(~done):  # out of length: live beams count as ends
-            for row in range(group * beams, (group + 1) * beams):
-                if scores[row] > -np.inf:
-                    finished[group].append((float(scores[row]),
-                                            tokens[parents[row]] + [int(chosen[row])]))
-        return self._best(finished, num_return, on_token)
+    def begin(self, state, beams, returns):
+        """The :class:`BeamState` of a started batch (the engine's ``state``,
+        ``beams`` rows per group, group by group)."""
+        groups = tf.reduce_sum(tf.cast(state.main, tf.int32)) // beams
+        width = tf.shape(state.history)[1]
+        first = tf.tile(tf.concat([[0.0], tf.fill([beams - 1], NEG_INF)], 0), [groups])
+        return BeamState(
+            rows=state._replace(short=()),  # beams choose from the scores themselves
+            beam_scores=first,
+            finished_scores=tf.fill([groups, returns], NEG_INF),
+            finished_history=tf.fill([groups, returns, width], -1),
+            finished_length=tf.zeros([groups, returns], tf.int32),
+            group_done=tf.zeros([groups], tf.bool))
 
     @staticmethod
-    def _best(finished, num_return, on_token):
-        results = []
-        for hypotheses in finished:
-            ranked = [ids for _, ids in sorted(hypotheses, key=lambda f: -f[0])]
-            # Fewer ends than asked for happens only when every token is banned.
-            results += (ranked + [[]] * num_return)[:num_return]
-        if on_token:
-            for row, ids in enumerate(results):
-                for token in ids:
-                    on_token(row, token)
-                on_token(row, None)
-        return results
+    def running(state):
+        return tf.reduce_any(~state.group_done)
+
+    def step(self, state):
+        return self._step(state)
+
+    def _step_impl(self, state):
+        s, context = state.rows, self.engine.context
+        groups = tf.shape(state.group_done)[0]
+        count = tf.shape(state.beam_scores)[0]
+        beams = count // groups
+        returns = tf.shape(state.finished_scores)[1]
+        vocab = tf.shape(s.scores)[1]
+        log_probs = tf.nn.log_softmax(s.scores[:count])
+        total = tf.reshape(state.beam_scores[:, None] + log_probs, (groups, beams * vocab))
+        cand, flat = tf.math.top_k(total, k=2 * beams)
+        parent = tf.range(groups)[:, None] * beams + flat // vocab
+        token = flat % vocab
+        rank = tf.range(2 * beams)[None, :]
+        valid = (cand > NEG_INF) & ~state.group_done[:, None]
+        is_end = token == context.stop_id
+        live = valid & ~is_end
+        take_live = live & (tf.cumsum(tf.cast(live, tf.int32), axis=1, exclusive=True) < beams)
+        take_end = valid & is_end & (rank < beams)
+
+        ended = _merge(state, tf.where(take_end, cand, NEG_INF),
+                       tf.gather(s.history, parent), tf.gather(s.length, parent), returns)
+        # The first `beams` live candidates in rank order; copies of the best
+        # fill the missing places.
+        order = tf.math.top_k(tf.where(take_live, -rank, -2 * beams - rank), k=beams).indices
+        found = tf.gather(take_live, order, batch_dims=1)
+        best = order[:, :1]
+        order = tf.where(found, order, best)
+        new_scores = tf.where(found, tf.gather(cand, order, batch_dims=1), NEG_INF)
+        new_parent = tf.gather(parent, order, batch_dims=1)
+        new_token = tf.gather(token, order, batch_dims=1)
+        best_live = tf.where(found[:, 0], new_scores[:, 0], NEG_INF)
+        kept_enough = ended.finished_scores[:, -1] >= best_live
+        done = state.group_done | ~found[:, 0] | kept_enough
+        # Out of length: live beams count as ends.
+        generated = tf.reshape(s.length[:count] - s.prompt_length[:count], (groups, beams))
+        limit = tf.reshape(s.params["max_new_tokens"][:count], (groups, beams))
+        last = ~done & (generated[:, 0] + 1 >= limit[:, 0])
+        grown = _append(tf.gather(s.history, new_parent), tf.gather(s.length, new_parent),
+                        new_token)
+        ended = _merge(ended, tf.where(last[:, None], new_scores, NEG_INF), grown,
+                       tf.gather(s.length, new_parent) + 1, returns)
+        done = done | last
+
+        stay = tf.repeat(done, beams)
+        parents = tf.where(stay, tf.range(count), tf.reshape(new_parent, [-1]))
+        chosen = tf.where(stay, context.stop_id, tf.reshape(new_token, [-1]))
+        scores = tf.where(stay, NEG_INF, tf.reshape(new_scores, [-1]))
+        # Contrast rows follow their beams.
+        everything = tf.concat([parents, count + parents], 0)[:tf.shape(s.done)[0]]
+        rows = _reorder(s, everything, self.engine.decoder)
+        chosen_all = tf.concat([chosen, chosen], 0)[:tf.shape(s.done)[0]]
+        live_rows = ~tf.concat([stay, stay], 0)[:tf.shape(s.done)[0]]
+        width = tf.shape(rows.history)[1]
+        slots = tf.stack([tf.range(tf.shape(chosen_all)[0]), tf.minimum(rows.length, width - 1)], 1)
+        history = tf.tensor_scatter_nd_update(
+            rows.history, slots, tf.where(live_rows, chosen_all, tf.gather_nd(rows.history, slots)))
+        rows = rows._replace(history=history, length=rows.length + tf.cast(live_rows, tf.int32),
+                             done=~live_rows, last=tf.where(live_rows, chosen_all, -1))
+
+        def forward():
+            feed = tf.where(rows.done, context.stop_id, chosen_all)
+            logits, cache = self.engine.decoder.step(feed, rows.length - 1, rows.norms,
+                                                     rows.cache)
+            return process(logits, rows._replace(cache=cache), context), _carried(cache)
+
+        def idle():
+            return rows.scores, _carried(rows.cache)
+
+        next_scores, cache = tf.cond(tf.reduce_any(~done), forward, idle)
+        rows = rows._replace(scores=next_scores, short=(), cache=_kept(rows.cache, cache))
+        return ended._replace(rows=rows, beam_scores=scores, group_done=done)
+
+    def results(self, state):
+        """Per group, its ``returns`` best sequences (new ids), best first."""
+        scores, history, length = (t.numpy() for t in (state.finished_scores,
+                                                       state.finished_history,
+                                                       state.finished_length))
+        start = state.rows.prompt_length.numpy()
+        beams = state.beam_scores.shape[0] // scores.shape[0]
+        out = []
+        for group in range(scores.shape[0]):
+            prompt = start[group * beams]
+            for k in range(scores.shape[1]):
+                # Fewer ends than asked for happens only when every token is banned.
+                ids = history[group, k, prompt:length[group, k]].tolist()
+                out.append(ids if scores[group, k] > NEG_INF else [])
+        return out
+
+
+def _merge(state, scores, history, length, returns):
+    """``state`` with candidate ends (``scores`` -inf: not one) merged into each
+    group's best ``returns`` finished sequences, old ones first among equals."""
+    all_scores = tf.concat([state.finished_scores, scores], 1)
+    best = tf.math.top_k(all_scores, k=returns).indices  # stable: lower index first
+    return state._replace(
+        finished_scores=tf.gather(all_scores, best, batch_dims=1),
+        finished_history=tf.gather(tf.concat([state.finished_history, history], 1), best,
+                                   batch_dims=1),
+        finished_length=tf.gather(tf.concat([state.finished_length, length], 1), best,
+                                  batch_dims=1))
+
+
+def _append(history, length, token):
+    """``history`` ``(groups, k, width)`` with ``token`` written at ``length``."""
+    width = tf.shape(history)[-1]
+    at = tf.one_hot(tf.minimum(length, width - 1), width, on_value=True, off_value=False)
+    return tf.where(at & (length < width)[..., None], token[..., None], history)
+
+
+def _reorder(rows, parents, decoder):
+    """Every per-row field and the cache of ``rows`` gathered by ``parents``."""
+    gather = lambda t: tf.gather(t, parents)  # noqa: E731
+    return rows._replace(
+        scores=gather(rows.scores), short=(), history=gather(rows.history), length=gather(rows.length),
+        prompt_length=gather(rows.prompt_length), params={k: gather(v) for k, v in
+                                                          rows.params.items()},
+        norms=tuple((gather(g) if g is not None else None, gather(b) if b is not None else None)
+                    for g, b in rows.norms),
+        cache=decoder.reorder(rows.cache, parents))

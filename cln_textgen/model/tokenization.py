@@ -53,6 +53,7 @@ class TextTokenizer:
             if token not in token_dict:
                 raise UserError(f"vocabulary lacks {token}; it is not a BERT vocab.txt")
         self.token_dict = token_dict
+        self.lower_case = lower_case
         self._tokenizer = bert4keras.tokenizers.Tokenizer(token_dict, do_lower_case=lower_case)
         self.pad_id = token_dict["[PAD]"]
         self.unk_id = token_dict["[UNK]"]

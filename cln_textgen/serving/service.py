@@ -12,7 +12,8 @@ import dataclasses
 import threading
 
 from cln_textgen.errors import UserError
-from cln_textgen.generation.request import checkpoint_step, condition_name
+from cln_textgen.generation.conditions import condition_name
+from cln_textgen.runs.restore import checkpoint_step
 from cln_textgen.serving.requests import RequestError, parse_request
 
 

@@ -33,7 +33,7 @@ from cln_textgen.data import batching
 from cln_textgen.training import distribute
 from cln_textgen.backend import keras, tf
 from cln_textgen.errors import UserError
-from cln_textgen.generation.texts import Decoding, GenerationOptions, generate
+from cln_textgen.generation.generate import Decoding, GenerationOptions, generate
 from cln_textgen.model.modeling import build_model
 from cln_textgen.training.log import RunLog
 from cln_textgen.runs.files import fsync_files

@@ -1,6 +1,6 @@
 """What a generation request names, checked without TensorFlow: the labels
-(before the model is built), label mixes, the condition guidance contrasts
-with, and the step of a checkpoint.
+(before the model is built), label mixes and the condition guidance
+contrasts with.
 
 A *condition* is what one row is generated for: a label id, or a mix
 ``((id, weight), ...)`` whose weights are non-negative and sum to 1 (the row
@@ -9,7 +9,6 @@ is conditioned on the weighted sum of the labels' embeddings).
 
 import math
 import numbers
-import re
 
 from cln_textgen.errors import UserError
 
@@ -107,9 +106,3 @@ def contrast(labels, null_id, guidance, negative_label=None):
                         "trained without one (model.label_dropout 0); contrast with another "
                         "label instead: negative_label (--negative-label NAME)")
     return null_id
-
-
-def checkpoint_step(path):
-    """The training step a checkpoint was saved at (its number), or ``None``."""
-    match = re.search(r"-(\d+)$", str(path or ""))
-    return int(match.group(1)) if match else None
