@@ -175,11 +175,15 @@ def test_stream_pieces_join_to_the_final_texts(server):
         assert "这" + pieces.get(row, "") == sample["text"]
 
 
-def test_eight_concurrent_clients_all_answered_correctly(server):
-    url, _ = server
-    bodies = [{"label": server[1].generator.labels[i % 2], "n": 1 + i % 3, "seed": i,
-               "prompt": "这" * (i % 3)} for i in range(8)]
+def test_eight_concurrent_clients_share_steps_and_get_their_texts_alone(server):
+    url, service = server
+    # Other options, prompts, lengths and guidance beside each other.
+    bodies = [{"label": service.generator.labels[i % 2], "n": 1 + i % 3, "seed": i,
+               "prompt": "这" * (i % 3), "max_new_tokens": 8 + 3 * i, "min_new_tokens": 8,
+               **[{}, {"top_k": 5}, {"guidance": 2.0}, {"top_p": 0.8, "temperature": 0.7},
+                  {"greedy": True, "n": 1, "no_repeat_ngram": 2}][i % 5]} for i in range(8)]
     expected = [post(url, "/v1/generate", body).json() for body in bodies]
+    alone = service.batch_counts()
     answers = [None] * 8
 
     def client(i):
@@ -192,6 +196,10 @@ def test_eight_concurrent_clients_all_answered_correctly(server):
         t.join()
     assert [a.status_code for a in answers] == [200] * 8
     assert [a.json() for a in answers] == expected
+    together = service.batch_counts()
+    steps = together["steps"] - alone["steps"]
+    assert steps < 0.7 * alone["steps"], (alone, together)  # the rows shared their steps
+    assert together["largest"] > alone["largest"]
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_slot(server):

@@ -69,6 +69,12 @@ def cache_length(needed):
     return (needed + LENGTH_BUCKET - 1) // LENGTH_BUCKET * LENGTH_BUCKET
 
 
+def row_bucket(rows, limit):
+    """Rows a batch of ``rows`` is padded to: the next power of two, at most
+    ``limit`` (and at least ``rows``), so that few batch shapes are ever compiled."""
+    return max(min(1 << max(rows - 1, 0).bit_length(), limit), rows)
+
+
 class CachedDecoder:
     """Key/value-cached forward pass of a conditional LM built by ``build_model``."""
 

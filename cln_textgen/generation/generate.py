@@ -14,7 +14,7 @@ import numpy as np
 
 from cln_textgen.errors import UserError
 from cln_textgen.generation.beams import BeamSearch
-from cln_textgen.generation.decoder import CachedDecoder
+from cln_textgen.generation.decoder import CachedDecoder, row_bucket
 from cln_textgen.generation.engine import Engine, Row, loop
 from cln_textgen.options import GenerationOptions, check_n
 
@@ -56,12 +56,6 @@ class Decoding:
         """Beam search on :meth:`engine` (made once: it keeps its compiled step)."""
         self.engine(tokenizer)
         return self._engine[2]
-
-
-def row_bucket(rows, batch_size):
-    """Rows a batch of ``rows`` is padded to: the next power of two, at most
-    ``batch_size``, so that few batch shapes are ever compiled."""
-    return min(1 << max(rows - 1, 0).bit_length(), batch_size)
 
 
 def continuation(tokenizer, prefix, ids):
@@ -166,24 +160,36 @@ def generate(model, tokenizer, label_ids, n=1, prompt="", options=None, *, promp
                            guide_from, text_stream)
     else:
         generated = _sample(engine, label_ids, encoded, n, options, guide_from, text_stream)
+    return generations(tokenizer, label_ids, texts, encoded, n, generated)
+
+
+def generations(tokenizer, label_ids, texts, encoded, n, generated):
+    """:class:`Generation`\ s of ``n`` texts per label id (prompt ``texts``,
+    prompt ids ``encoded``) from the new ids of each, in result order."""
     rows = [(label, text, ids) for label, text, ids in zip(label_ids, texts, encoded)
             for _ in range(n)]
     return [Generation(label, text, text + continuation(tokenizer, prefix, ids), ids)
             for (label, text, prefix), ids in zip(rows, generated)]
 
 
+def sampled_rows(label_ids, encoded, n, options, contrast=None):
+    """The engine's rows of a sampling call: ``n`` per label id (prompt ids
+    ``encoded``, one per label id), numbered in result order (their seeds);
+    ``contrast``: what guidance pushes away from (``None``: unguided)."""
+    units = [(label, ids) for label, ids in zip(label_ids, encoded) for _ in range(n)]
+    return [Row(ids, label, options, i, contrast) for i, (label, ids) in enumerate(units)]
+
+
 def _sample(engine, label_ids, encoded, n, options, contrast, text_stream):
     """Sampled (or greedy) rows, ``batch_size`` at a time."""
-    units = [Row(ids, label, options, 0, contrast) for label, ids in zip(label_ids, encoded)
-             for _ in range(n)]
+    units = sampled_rows(label_ids, encoded, n, options, contrast)
     chunk, stop = options.batch_size, engine.context.stop_id
     generated = []
     for first in range(0, len(units), chunk):
-        part = units[first:first + chunk]
-        real = len(part)
+        rows = units[first:first + chunk]
+        real = len(rows)
         # Padded with copies, dropped below: fewer compiled shapes.
-        part = part + [part[-1]] * (row_bucket(real, chunk) - real)
-        rows = [dataclasses.replace(row, row_id=first + i) for i, row in enumerate(part)]
+        rows = rows + [rows[-1]] * (row_bucket(real, chunk) - real)
         on_step = None
         if text_stream:
             def on_step(state, first=first, real=real):

@@ -12,6 +12,7 @@ generator may serve any number of calls, of any shapes and options, in any
 order: what it compiles is its own, bounded, and keyed by shape.
 """
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -86,6 +87,19 @@ class TextGenerator:
                 "step": checkpoint_step(self.checkpoint),
                 "run": str(Path(self.run).resolve()) if self.run else None}
 
+    def prepare(self, label, n=None, prompt="", negative_label=None, **options):
+        """A checked :class:`Call`: the conditions of ``label``, the options
+        (the run's defaults with ``options``), ``n`` (by default by decoding
+        mode: 1 greedy, ``num_beams`` with beam search, otherwise 5) and what
+        guidance contrasts with.  Every surface's request goes through here."""
+        opts = self.options(**options)
+        guided_from = self.contrast(opts, negative_label)
+        n = table.default_n(opts) if n is None else n
+        problem = table.check_n(n, opts)
+        if problem:
+            raise UserError(problem)
+        return Call(self.label_ids(label), n, prompt, opts, guided_from, negative_label)
+
     def generate(self, label, n=None, prompt="", stream=None, negative_label=None, **options):
         """``n`` samples per label as dicts ``{label, text, prompt, seed}`` (and
         ``mix``, ``{label: weight}``, for a mix of labels).
@@ -99,26 +113,34 @@ class TextGenerator:
         ``negative_label`` names the label guidance pushes away from; by
         default the run's null condition.
         """
-        opts = self.options(**options)
-        guided_from = self.contrast(opts, negative_label)
-        n = table.default_n(opts) if n is None else n
-        problem = table.check_n(n, opts)
-        if problem:
-            raise UserError(problem)
-        ids = self.label_ids(label)
+        call = self.prepare(label, n, prompt, negative_label, **options)
         unknown = self.unknown_characters(prompt)
         if unknown:
             warnings.warn(f"prompt characters {' '.join(unknown)} are not in the run's "
                           "vocabulary: the model sees [UNK] there (the text keeps them)",
                           stacklevel=2)
-        out = generate(self.model, self.tokenizer, ids, n=n, prompt=prompt, options=opts,
-                       stream=stream, decoding=self.decoding, contrast=guided_from)
-        return [self._result(g, prompt, opts.seed) for g in out]
+        out = generate(self.model, self.tokenizer, call.conditions, n=call.n, prompt=prompt,
+                       options=call.options, stream=stream, decoding=self.decoding,
+                       contrast=call.contrast)
+        return [self.result(g, call) for g in out]
 
-    def _result(self, generation, prompt, seed):
+    def result(self, generation, call):
+        """The dict the API returns for one :class:`Generation` of ``call``."""
         condition = generation.label_id
         result = {"label": condition_name(self.labels, condition), "text": generation.text,
-                  "prompt": prompt, "seed": seed}
+                  "prompt": call.prompt, "seed": call.options.seed}
         if isinstance(condition, tuple):
             result["mix"] = condition_weights_by_name(self.labels, condition)
         return result
+
+
+@dataclasses.dataclass
+class Call:
+    """A checked generation request (see :meth:`TextGenerator.prepare`)."""
+
+    conditions: list  # label ids and mixes, one per label asked for
+    n: int  # texts per condition
+    prompt: str
+    options: object  # GenerationOptions
+    contrast: object  # the condition guidance pushes away from, None unguided
+    negative_label: str | None = None

@@ -1,8 +1,8 @@
 """The HTTP face of a :class:`~cln_textgen.serving.service.GenerationService`.
 
 Starlette routes; every answer is JSON except the page and the event stream.
-Requests wait for the service's single decode worker without blocking the
-event loop, so health checks and label look-ups answer while a decode runs.
+Requests wait for the service's decode worker without blocking the event
+loop, so health checks and label look-ups answer while a decode runs.
 """
 
 import asyncio
@@ -83,6 +83,8 @@ def build_app(service):
 
         try:
             future = service.submit(parsed_request, on_piece, cancelled=lambda: gone)
+        except RequestError as e:
+            return _error(e.status, str(e), e.field)
         except Busy as e:
             return _error(503, str(e))
         future.add_done_callback(
