@@ -15,6 +15,12 @@ special tokens and [SEP] banned, so every row generates the full length.
   null condition): each text decodes beside its null row in the same batch.
   Its cost is reported as wall time against ``ours`` for the same texts.
 
+How close a step comes to the machine's limit: a decode step's FLOPs (2 per
+matmul weight per token, plus attention over the cache) per second, against
+``tf.matmul`` of the same shapes at the same rows (the weights times one
+token per row), timed in the same worker; that share is what the next speed
+goal can be set against.
+
 Each setting runs in a worker process of its own that builds the model once,
 warms every method up (tracing, XLA compilation; bert4keras: a 4-token run),
 then times ``--repeats`` rounds, each running every method once in turn, and
@@ -42,14 +48,50 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 METHODS = ("bert4keras", "ours", "ours-no-xla", "ours-guided")
 
 
+SIZES = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+             intermediate_size=1536)
+
+
+def matmul_shapes(vocab_size):
+    """The matmuls one token meets in a step, ``{name: (k, n, count)}``: q, k, v and
+    the attention output, the feed-forward's two, the MLM head and the tied output."""
+    h, i, n = SIZES["hidden_size"], SIZES["intermediate_size"], SIZES["num_hidden_layers"]
+    return {"h x h": (h, h, 4 * n + 1), "h x ffn": (h, i, n), "ffn x h": (i, h, n),
+            "h x vocab": (h, vocab_size, 1)}
+
+
+def token_flops(vocab_size, context):
+    """Forward FLOPs of one token over a cache of ``context`` positions."""
+    matmuls = sum(2 * k * n * count for k, n, count in matmul_shapes(vocab_size).values())
+    return matmuls + 4 * SIZES["num_hidden_layers"] * SIZES["hidden_size"] * context
+
+
+def matmul_flops(vocab_size, rows, seconds=1.0):
+    """FLOP/s of ``tf.matmul`` for the step's shapes at ``rows`` rows, run one op
+    at a time in the proportions a step runs them."""
+    from cln_textgen.backend import tf
+
+    shapes = matmul_shapes(vocab_size)
+    pairs = {name: (tf.random.normal((rows, k)), tf.random.normal((k, n)))
+             for name, (k, n, _) in shapes.items()}
+    flops, start, rounds = 0, time.perf_counter(), 0
+    while rounds < 3 or time.perf_counter() - start < seconds:
+        for name, (k, n, count) in shapes.items():
+            for _ in range(count):
+                out = tf.matmul(*pairs[name])
+            flops += 2 * rows * k * n * count
+        out.numpy()
+        rounds += 1
+    return flops / (time.perf_counter() - start)
+
+
 def build(vocab_size, num_labels):
     import numpy as np
 
     from cln_textgen.model.modeling import ModelConfig, build_model
     from cln_textgen.model.tokenization import TextTokenizer
 
-    config = ModelConfig(vocab_size=vocab_size, hidden_size=384, num_hidden_layers=6,
-                         num_attention_heads=12, intermediate_size=1536, num_labels=num_labels,
+    config = ModelConfig(vocab_size=vocab_size, **SIZES, num_labels=num_labels,
                          label_dropout=0.1, dropout=0.0, attention_dropout=0.0)
     model = build_model(config)
     # The condition projections start at zero; give them values so that the
@@ -162,7 +204,15 @@ def worker(args):
             result["peak_mb"] = max(result["peak_mb"], memory.peak - before)
             result["tokens"] = sum(len(text.split()) for text in texts)  # one word per id
             assert result["tokens"] == len(label_ids) * args.n * length, "rows did not run full"
-    print(json.dumps(dict(results=results, rss_mb=resident_mib(), load=os.getloadavg()[0])))
+    rows = len(label_ids) * args.n
+    matmul = matmul_flops(args.vocab_size, rows)
+    # a row's t-th new token sees its prompt ([CLS]) and the tokens before it
+    flops = rows * sum(token_flops(args.vocab_size, 1 + t) for t in range(length))
+    for method in ("ours", "ours-no-xla"):
+        if method in results:
+            results[method]["of_matmul"] = flops / min(results[method]["seconds"]) / matmul
+    print(json.dumps(dict(results=results, rss_mb=resident_mib(), load=os.getloadavg()[0],
+                          matmul_gflops=matmul / 1e9)))
 
 
 def main():
@@ -209,7 +259,7 @@ def report(settings, args):
           f"{max(s['rss_mb'] for s in settings.values()):.0f} MiB).")
     header = (f"{'new':>4} {'labels':>6} | {'bert4keras tok/s':>16} | {'ours tok/s':>10} | "
               f"{'ratio':>6} | {'ours no-XLA':>11} | {'XLA gain':>8} | "
-              f"{'+peak MiB b4k/ours':>18} | {'ours warm-up s':>14}")
+              f"{'+peak MiB b4k/ours':>18} | {'ours warm-up s':>14} | {'of matmul':>9}")
     print(header)
     print("-" * len(header))
     for (length, labels), setting in settings.items():
@@ -227,7 +277,11 @@ def report(settings, args):
               f"{cell(plain, 11)} | "
               f"{cell(ours / plain if ours and plain else None, 7, '{:.2f}')}x | "
               f"{memory:>18} | "
-              f"{cell(got['ours']['warmup_seconds'] if got['ours'] else None, 14, '{:.1f}')}")
+              f"{cell(got['ours']['warmup_seconds'] if got['ours'] else None, 14, '{:.1f}')} | "
+              f"{cell(100 * got['ours']['of_matmul'] if got['ours'] else None, 8, '{:.0f}')}%")
+    print("of matmul: the decode step's FLOP/s (2 per matmul weight and token, plus attention "
+          "over the cache) over tf.matmul's FLOP/s on the same shapes at the same rows "
+          f"({', '.join(format(s['matmul_gflops'], '.1f') for s in settings.values())} GFLOP/s)")
     if any("ours-guided" in s["results"] and "ours" in s["results"] for s in settings.values()):
         print("\nGuidance (2, against the null condition) for the same texts, both with XLA: "
               "wall time guided / unguided (target <= 1.3x)")

@@ -9,7 +9,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def register(sub):
-    from cln_textgen.serving.service import Limits
+    from cln_textgen.serving.requests import Limits
 
     p = sub.add_parser(
         "serve", help="serve a trained run over HTTP (JSON API, event stream, web page)",
@@ -49,7 +49,7 @@ def open_socket(host, port):
 
 
 def run(args):
-    from cln_textgen.serving.service import Limits
+    from cln_textgen.serving.requests import Limits
 
     try:
         limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)}).check()

@@ -1,4 +1,4 @@
-"""A generation request's JSON body, checked field by field.
+"""A generation request's JSON body, checked field by field, and the server's limits.
 
 The fields are the command line's: ``label``, ``n``, ``prompt``,
 ``negative_label`` and one per row of the table of generation options (:mod:`cln_textgen.options`), checked
@@ -11,6 +11,21 @@ import dataclasses
 
 from cln_textgen import options as table
 from cln_textgen.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_n: int = 16  # texts per label in one request
+    max_new_tokens: int = 256
+    max_body_bytes: int = 64 * 1024
+    max_queue: int = 32  # requests waiting or running; more are refused with 503
+    max_batch_rows: int = 64  # rows decoded together (a guided text takes two)
+
+    def check(self):
+        for field in dataclasses.fields(self):
+            if getattr(self, field.name) < 1:
+                raise ValueError(f"{field.name} must be >= 1")
+        return self
 
 
 class RequestError(Exception):

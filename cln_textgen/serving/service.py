@@ -15,22 +15,7 @@ from cln_textgen.generation.conditions import condition_name
 from cln_textgen.generation.generate import TextStream, generations, sampled_rows
 from cln_textgen.runs.restore import checkpoint_step
 from cln_textgen.serving.batcher import Batcher, Cancelled, Job
-from cln_textgen.serving.requests import RequestError, parse_request
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    max_n: int = 16  # texts per label in one request
-    max_new_tokens: int = 256
-    max_body_bytes: int = 64 * 1024
-    max_queue: int = 32  # requests waiting or running; more are refused with 503
-    max_batch_rows: int = 64  # rows decoded together (a guided text takes two)
-
-    def check(self):
-        for field in dataclasses.fields(self):
-            if getattr(self, field.name) < 1:
-                raise ValueError(f"{field.name} must be >= 1")
-        return self
+from cln_textgen.serving.requests import Limits, RequestError, parse_request
 
 
 class Busy(Exception):
