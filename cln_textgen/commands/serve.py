@@ -15,7 +15,8 @@ def register(sub):
         "serve", help="serve a trained run over HTTP (JSON API, event stream, web page)",
         description="Load a run once and answer GET /health, GET /v1/labels, POST /v1/generate, "
                     "POST /v1/generate/stream (server-sent events) and GET / (a web page). "
-                    "Requests are decoded one at a time in arrival order. There is no "
+                    "Requests waiting are batched into the running decode (each keeps its "
+                    "own options and seed: the same texts as alone). There is no "
                     "authentication: keep the default loopback address unless a proxy in front "
                     "of it controls access.")
     p.add_argument("--run", required=True, metavar="DIR", help="the run folder")

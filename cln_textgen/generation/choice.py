@@ -109,8 +109,10 @@ def _shortlist_draw(scores, short, top_k, top_p, rows, seeds):
                       tf.constant(-np.inf, values.dtype), values)
     # Top-k then top-p: a row with top-k renormalises over its k tokens.
     normaliser = tf.where(k[:, None] > 0, values, tf.constant(-np.inf, values.dtype))
-    total = tf.where(k > 0, tf.reduce_logsumexp(normaliser, -1),
-                     tf.reduce_logsumexp(scores, -1))
+    total = tf.reduce_logsumexp(normaliser, -1)
+    total = tf.cond(tf.reduce_any(open_rows),
+                    lambda: tf.where(k > 0, total, tf.reduce_logsumexp(scores, -1)),
+                    lambda: total)
     values = nucleus(values, top_p, total[:, None])
     return tf.gather(ids, gumbel_draw(values, seeds), batch_dims=1)
 

@@ -96,7 +96,7 @@ class Engine:
 
     # Batch shapes whose compiled step is kept (the server meets a few row
     # and length buckets; a generator meets what its calls ask).
-    _KEEP_STEPS = 8
+    _KEEP_STEPS = 16
 
     def __init__(self, decoder, stop_id, banned_ids=(), jit_compile=True):
         self.decoder = decoder
