@@ -56,14 +56,14 @@ def full_logits(model, ids, label):
     return model([np.array([ids], np.int32), np.array([label], np.int32)])[0, -1].numpy()
 
 
-def decode_steps(decoder, prompts, labels, steps, variables, seed=1, copies=1):
+def decode_steps(decoder, prompts, labels, steps, seed=1, copies=1):
     """Run ``prompts`` through the cached decoder, then feed ``steps`` random
     tokens per row; yields ``(logits, sequences)`` before every feed.  With
     ``copies``, the rows are that many copies of a first block, fed alike."""
     rng = np.random.default_rng(seed)
     tokens, lengths = right_pad(prompts, 0)
     norms = decoder.norms(tf.constant(decoder.condition_weights(labels)))
-    cache = decoder.empty_cache(len(prompts), 32, variables)
+    cache = decoder.empty_cache(len(prompts), 32)
     logits, cache = decoder.prefill(tf.constant(tokens), tf.constant(lengths), norms, cache)
     sequences = [list(p) for p in prompts]
     for _ in range(steps):
@@ -76,14 +76,13 @@ def decode_steps(decoder, prompts, labels, steps, variables, seed=1, copies=1):
     yield logits, sequences
 
 
-@pytest.mark.parametrize("conditional, hidden, variables", [
-    (True, None, True), (True, 8, False), (False, None, False)])
-def test_cached_logits_equal_the_full_model_at_every_step(conditional, hidden, variables):
+@pytest.mark.parametrize("conditional, hidden", [(True, None), (True, 8), (False, None)])
+def test_cached_logits_equal_the_full_model_at_every_step(conditional, hidden):
     model = tiny_model(conditional, hidden)
     decoder = CachedDecoder(model)
     prompts = [[2], [2, 7, 9], [2, 5], [2, 11, 12, 13]]  # right padding of 3, 1, 2, 0
     labels = [0, 1, 2, 1]
-    for logits, sequences in decode_steps(decoder, prompts, labels, 6, variables):
+    for logits, sequences in decode_steps(decoder, prompts, labels, 6):
         for row, label in enumerate(labels):
             expected = full_logits(model, sequences[row], label)
             np.testing.assert_allclose(logits[row].numpy(), expected, rtol=0, atol=1e-5)
@@ -97,7 +96,7 @@ def test_the_compiled_step_equals_the_full_model():
     step = tf.function(decoder.step, jit_compile=True)
     tokens, lengths = right_pad([[2, 7], [2]], 0)
     norms = decoder.norms(tf.constant(condition_weights([1, 0], 3)))
-    cache = decoder.empty_cache(2, 16, variables=True)
+    cache = decoder.empty_cache(2, 16)
     _, cache = decoder.prefill(tf.constant(tokens), tf.constant(lengths), norms, cache)
     logits, _ = step(tf.constant([9, 9]), tf.constant([2, 1]), norms, cache)
     np.testing.assert_allclose(logits[0].numpy(), full_logits(model, [2, 7, 9], 1), atol=1e-5)
@@ -107,8 +106,7 @@ def test_the_compiled_step_equals_the_full_model():
 def test_a_mixed_precision_model_decodes_in_float32():
     # The trainer samples from its model, which may compute in float16.
     model = tiny_model(policy="mixed_float16")
-    *_, (logits, sequences) = decode_steps(CachedDecoder(model), [[2, 7], [2]], [1, 0], 1,
-                                           variables=True)
+    *_, (logits, sequences) = decode_steps(CachedDecoder(model), [[2, 7], [2]], [1, 0], 1)
     assert logits.dtype == "float32"
     np.testing.assert_allclose(logits[0].numpy(), full_logits(model, sequences[0], 1), atol=0.05)
 

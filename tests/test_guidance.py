@@ -53,11 +53,11 @@ def guide(logits, guidance):
     rows = int(logits.shape[0]) // 2
     partner = list(range(rows, 2 * rows)) + list(range(rows))
     state = DecodeState(
-        scores=None, short=None, history=None, length=None, prompt_length=None, done=None,
-        last=None, partner=tf.constant(partner), main=tf.constant([True] * rows + [False] * rows),
-        row_id=None, params=params_of([GenerationOptions(guidance=guidance)] * (2 * rows)),
+        scores=None, short=None, history=None, length=None, prompt_length=None,
+        done=tf.zeros(2 * rows, tf.bool), last=None, partner=tf.constant(partner),
+        row_id=tf.range(rows), params=params_of([GenerationOptions(guidance=guidance)] * rows),
         norms=None, cache=None)
-    return Guidance().apply(logits, state, Context(3, None))[:rows]
+    return Guidance()(logits, state, Context(3, None))
 
 
 def test_guide_on_hand_made_logits():
@@ -80,7 +80,7 @@ def test_cached_guided_logits_equal_the_full_model_at_every_step():
     labels = [0, 1, 2]
     # The contrast rows are fed what their rows are fed: the same prompts, the same seed.
     for logits, sequences in decode_steps(CachedDecoder(model), prompts * 2,
-                                          labels + [null] * 3, 5, variables=True, copies=2):
+                                          labels + [null] * 3, 5, copies=2):
         guided = guide(logits, g).numpy()
         for row, label in enumerate(labels):
             assert sequences[row] == sequences[row + 3]
@@ -150,7 +150,7 @@ def test_a_mix_conditions_on_the_weighted_embedding():
     model, config = null_model()
     prompts = [[2, 7, 9]] * 3
     conditions = [1, ((1, 1.0),), ((0, 0.25), (2, 0.75))]
-    logits, _ = next(decode_steps(CachedDecoder(model), prompts, conditions, 0, False))
+    logits, _ = next(decode_steps(CachedDecoder(model), prompts, conditions, 0))
     # weight 1 on one label is that label, exactly
     np.testing.assert_array_equal(logits[0].numpy(), logits[1].numpy())
     # a mix equals a model whose label embedding holds the mixed row

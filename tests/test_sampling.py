@@ -98,7 +98,7 @@ def state_of(history, length, prompt_length=None, **options):
         scores=None, short=None, history=history, length=tf.constant([length]),
         prompt_length=tf.constant([length if prompt_length is None else prompt_length]),
         done=tf.constant([False]), last=tf.constant([-1]), partner=tf.constant([0]),
-        main=tf.constant([True]), row_id=tf.constant([0]),
+        row_id=tf.constant([0]),
         params=params_of([GenerationOptions(**options)]), norms=(), cache=None)
 
 
@@ -168,10 +168,10 @@ class ChainDecoder:
         return np.zeros((len(conditions), 1), np.float32)
 
     def norms(self, weights):
-        return ()
+        return tf.zeros((tf.shape(weights)[0], 0, 2, 1))
 
-    def empty_cache(self, rows, length, variables=False):
-        return (tf.zeros((rows, 1)),), (tf.zeros((rows, 1)),)
+    def empty_cache(self, rows, length):
+        return tf.zeros((2, 1, rows, length, 1, 1))
 
     def prefill(self, tokens, lengths, norms, cache, rows=None):
         return tf.gather(self.table, tf.gather(tokens, lengths - 1, batch_dims=1)), cache

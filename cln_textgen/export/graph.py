@@ -34,7 +34,7 @@ from cln_textgen.backend import tf
 from cln_textgen.export.detokenize import Detokenizer
 from cln_textgen.export.tokenize import GraphTokenizer
 from cln_textgen.generation.beams import BeamSearch
-from cln_textgen.generation.decoder import CachedDecoder, cache_length
+from cln_textgen.generation.decoder import CachedDecoder
 from cln_textgen.generation.engine import Engine, loop
 
 _DTYPES = {int: tf.int32, float: tf.float32, bool: tf.bool}
@@ -152,13 +152,10 @@ class ExportedGenerator(tf.Module):
         tokens = tf.tile(prompt_ids[None], [rows, 1])
         weights = tf.concat([tf.tile(self._conditions(label_weights)[None], [count, 1]),
                              tf.tile(contrast[None], [rows - count, 1])], 0)
-        index = tf.range(rows)
-        partner = tf.where(guided, (index + count) % rows, index)
-        params = {o.name: tf.fill([rows], getattr(options, o.name)) for o in table.ROW_OPTIONS}
-        return self._engine.begin(
-            tokens, tf.fill([rows], length),
-            cache_length(length + options.max_new_tokens), weights, params,
-            first + index % count, partner, index < count)
+        partner = (tf.range(rows) + count) % rows  # a text's contrast row, and back
+        params = {o.name: tf.fill([count], getattr(options, o.name)) for o in table.ROW_OPTIONS}
+        return self._engine.begin(tokens, tf.fill([rows], length), length + options.max_new_tokens,
+                                  weights, params, first + tf.range(count), partner)
 
     def _sampled_ids(self, prompt_ids, label_weights, contrast, guided, n, options):
         """``n`` sampled texts' new ids, ``batch_size`` rows at a time: ``[n,

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cln_textgen.backend import tf
-from cln_textgen.generation.engine import DecodeState, _carried, _kept
+from cln_textgen.generation.engine import DecodeState, of_every_row
 from cln_textgen.generation.processors import process
 
 NEG_INF = -np.inf
@@ -45,7 +45,7 @@ class BeamSearch:
         self.engine = engine
         self._step = tf.function(self._step_impl)
 
-    def start(self, rows, beams, returns, variables=True):
+    def start(self, rows, beams, returns):
         """``beams`` beams for each of ``rows`` (:class:`~cln_textgen.generation.engine.Row`,
         one per group), keeping its ``returns`` best sequences.  Only the first
         beam of a group starts live, so the first step does not pick one
@@ -53,13 +53,13 @@ class BeamSearch:
         if returns > beams:
             raise ValueError(f"beam search returns at most num_beams={beams} sequences, "
                              f"not {returns}")
-        state = self.engine.start([row for row in rows for _ in range(beams)], variables)
+        state = self.engine.start([row for row in rows for _ in range(beams)])
         return self.begin(state, beams, returns)
 
     def begin(self, state, beams, returns):
         """The :class:`BeamState` of a started batch (the engine's ``state``,
         ``beams`` rows per group, group by group)."""
-        groups = tf.reduce_sum(tf.cast(state.main, tf.int32)) // beams
+        groups = state.texts // beams
         width = tf.shape(state.history)[1]
         first = tf.tile(tf.concat([[0.0], tf.fill([beams - 1], NEG_INF)], 0), [groups])
         return BeamState(
@@ -84,7 +84,7 @@ class BeamSearch:
         beams = count // groups
         returns = tf.shape(state.finished_scores)[1]
         vocab = tf.shape(s.scores)[1]
-        log_probs = tf.nn.log_softmax(s.scores[:count])
+        log_probs = tf.nn.log_softmax(s.scores)
         total = tf.reshape(state.beam_scores[:, None] + log_probs, (groups, beams * vocab))
         cand, flat = tf.math.top_k(total, k=2 * beams)
         parent = tf.range(groups)[:, None] * beams + flat // vocab
@@ -125,10 +125,9 @@ class BeamSearch:
         chosen = tf.where(stay, context.stop_id, tf.reshape(new_token, [-1]))
         scores = tf.where(stay, NEG_INF, tf.reshape(new_scores, [-1]))
         # Contrast rows follow their beams.
-        everything = tf.concat([parents, count + parents], 0)[:tf.shape(s.done)[0]]
-        rows = _reorder(s, everything, self.engine.decoder)
-        chosen_all = tf.concat([chosen, chosen], 0)[:tf.shape(s.done)[0]]
-        live_rows = ~tf.concat([stay, stay], 0)[:tf.shape(s.done)[0]]
+        rows = _reorder(s, parents, self.engine.decoder)
+        chosen_all = of_every_row(s, chosen)
+        live_rows = ~of_every_row(s, stay)
         width = tf.shape(rows.history)[1]
         slots = tf.stack([tf.range(tf.shape(chosen_all)[0]), tf.minimum(rows.length, width - 1)], 1)
         history = tf.tensor_scatter_nd_update(
@@ -140,13 +139,13 @@ class BeamSearch:
             feed = tf.where(rows.done, context.stop_id, chosen_all)
             logits, cache = self.engine.decoder.step(feed, rows.length - 1, rows.norms,
                                                      rows.cache)
-            return process(logits, rows._replace(cache=cache), context), _carried(cache)
+            return process(logits, rows._replace(cache=cache), context), cache
 
         def idle():
-            return rows.scores, _carried(rows.cache)
+            return rows.scores, rows.cache
 
         next_scores, cache = tf.cond(tf.reduce_any(~done), forward, idle)
-        rows = rows._replace(scores=next_scores, short=(), cache=_kept(rows.cache, cache))
+        rows = rows._replace(scores=next_scores, short=(), cache=cache)
         return ended._replace(rows=rows, beam_scores=scores, group_done=done)
 
     def results(self, state):
@@ -187,12 +186,22 @@ def _append(history, length, token):
 
 
 def _reorder(rows, parents, decoder):
-    """Every per-row field and the cache of ``rows`` gathered by ``parents``."""
-    gather = lambda t: tf.gather(t, parents)  # noqa: E731
+    """Each beam becomes a copy of its parent beam ``parents`` (per text), its
+    contrast row a copy of the parent's; each contrast row stays its beam's."""
+    texts = rows.texts
+    # A contrast row's parent: the contrast row of its beam's parent.
+    every = tf.concat([parents, tf.gather(rows.partner, tf.gather(parents, rows.partner[texts:]))],
+                      0)
+
+    def gather(t):
+        return tf.gather(t, every)
+
+    def per_text(t):
+        return tf.gather(t, parents)
+
     return rows._replace(
-        scores=gather(rows.scores), short=(), history=gather(rows.history), length=gather(rows.length),
-        prompt_length=gather(rows.prompt_length), params={k: gather(v) for k, v in
-                                                          rows.params.items()},
-        norms=tuple((gather(g) if g is not None else None, gather(b) if b is not None else None)
-                    for g, b in rows.norms),
-        cache=decoder.reorder(rows.cache, parents))
+        scores=per_text(rows.scores), short=(), row_id=per_text(rows.row_id),
+        params={k: per_text(v) for k, v in rows.params.items()},
+        history=gather(rows.history), length=gather(rows.length),
+        prompt_length=gather(rows.prompt_length), norms=gather(rows.norms),
+        cache=decoder.reorder(rows.cache, every))

@@ -1,14 +1,20 @@
 """The one decoding loop: every surface (CLI, API, server, SavedModel) runs it.
 
-A batch of rows is a :class:`DecodeState`: each row's history (prompt and new
-tokens), its place in its cache, its condition's norm offsets, its own value
-of every decoding option (``params``: the per-row options of
-:mod:`cln_textgen.options`), and the processed scores of its next token.
-:meth:`Engine.step` takes one token for every live row: it chooses from the
+A batch is a :class:`DecodeState`.  Its first rows are *main* rows, one per
+text: each has its own value of every decoding option (``params``: the
+per-row options of :mod:`cln_textgen.options`), its seed stream and the
+processed scores of its next token.  After them come the *contrast* rows of
+guided texts: a guided text is decoded beside a row conditioned on what
+guidance pushes away from (the null condition, or another label), fed the
+same tokens (see :class:`~cln_textgen.generation.processors.Guidance`).
+Every row, main or contrast, has its history (prompt and new tokens), its
+place in its own cache row and its condition's norm offsets.
+
+:meth:`Engine.step` takes one token for every live text: it chooses from the
 scores (:func:`~cln_textgen.generation.choice.choose`), appends the token,
 feeds it to the model (:meth:`~cln_textgen.generation.decoder.CachedDecoder.step`)
 and processes the next logits (:mod:`~cln_textgen.generation.processors`).
-:meth:`Engine.run` repeats it until every row is done: a ``tf.while_loop``
+:func:`loop` repeats a step until every row is done: a ``tf.while_loop``
 inside a graph (the exported SavedModel), the same loop in Python when
 eager, where ``on_step`` may stream the new tokens and add or drop rows
 between steps (the server's continuous batching).  Beam search
@@ -16,14 +22,9 @@ between steps (the server's continuous batching).  Beam search
 its own over the same forward pass and processors.
 
 When eager, the bookkeeping, the forward pass and the processors of a step
-are one XLA-compiled call (1.6-1.7x the tokens/s of a plain ``tf.function``
-on CPU) updating the cache variables in place, and the choice is a plain
-``tf.function`` after it: random numbers are never drawn inside XLA (see
-:mod:`~cln_textgen.generation.choice`).
-
-Guidance: a guided row is decoded beside a contrast row (its ``partner``,
-conditioned on the null condition or another label) that is fed the same
-tokens; the contrast row's own choice is ignored.
+are XLA-compiled (1.6-1.7x the tokens/s of a plain ``tf.function`` on CPU),
+called by a plain function that first makes the choice: random numbers are
+never drawn inside XLA (see :mod:`~cln_textgen.generation.choice`).
 """
 
 import dataclasses
@@ -34,7 +35,7 @@ import numpy as np
 from cln_textgen import options as table
 from cln_textgen.backend import tf
 from cln_textgen.generation.choice import choose, row_seeds, shortlist
-from cln_textgen.generation.decoder import cache_length, right_pad
+from cln_textgen.generation.decoder import right_pad, widths
 from cln_textgen.generation.lru import Bounded
 from cln_textgen.generation.processors import process
 
@@ -42,21 +43,27 @@ _DTYPES = {int: tf.int32, float: tf.float32, bool: tf.bool}
 
 
 class DecodeState(NamedTuple):
-    """A batch being decoded (every field has one entry per row)."""
+    """A batch being decoded: ``texts`` main rows, then contrast rows."""
 
-    scores: object  # (rows, vocab) processed scores of the next token
+    # One entry per main row (per text):
+    scores: object  # (texts, vocab) processed scores of the next token
     short: tuple  # their shortlist: (values, ids) of the highest, sorted (choice.shortlist)
+    params: dict  # option name -> (texts,) tensor: the per-row options
+    row_id: object  # (texts,) int32: the text's number in its request (its seed stream)
+    # One entry per row, main or contrast:
     history: object  # (rows, width) int32: prompt then new tokens, -1 past `length`
     length: object  # (rows,) int32: tokens in history; also the next cache column
     prompt_length: object  # (rows,) int32
     done: object  # (rows,) bool
     last: object  # (rows,) int32: the token taken at the last step, -1 if none
-    partner: object  # (rows,) int32: a guided row's contrast row and back; else itself
-    main: object  # (rows,) bool: False for contrast rows
-    row_id: object  # (rows,) int32: the row's number in its request (its seed stream)
-    params: dict  # option name -> (rows,) tensor: the per-row options
-    norms: tuple  # per norm: (gamma, beta), (rows, 1, hidden) each
-    cache: tuple  # (keys, values): per layer, tensors or variables
+    partner: object  # (rows,) int32: a text's contrast row (itself if unguided); a contrast row's text
+    norms: object  # (rows, norms, 2, hidden): each norm's gamma and beta for the row
+    cache: object  # (2, layers, rows, columns, heads, size): every layer's keys and values
+
+    @property
+    def texts(self):
+        """The number of main rows (a tensor)."""
+        return tf.shape(self.row_id)[0]
 
 
 class Context(NamedTuple):
@@ -91,6 +98,11 @@ def params_of(rows_options):
             for o in table.ROW_OPTIONS}
 
 
+def of_every_row(state, values):
+    """Per-text ``values`` ``(texts, ...)`` for every row: a contrast row takes its text's."""
+    return tf.concat([values, tf.gather(values, state.partner[state.texts:])], 0)
+
+
 class Engine:
     """The decoding loop over one model's :class:`CachedDecoder`."""
 
@@ -105,16 +117,13 @@ class Engine:
         banned[list(banned_ids)] = True
         self.context = Context(int(stop_id), tf.constant(banned))
         self._steps = Bounded(self._KEEP_STEPS)
-        self._choose = tf.function(self._choose_impl, reduce_retracing=True)
         self._start = tf.function(self._start_impl, reduce_retracing=True)
 
     # ------------------------------------------------------------ a new batch
 
-    def start(self, rows, variables=True):
+    def start(self, rows):
         """A :class:`DecodeState` for ``rows`` (:class:`Row`), prompts run.
-
-        Guided rows get their contrast rows after all the others.  The cache
-        is variables updated in place (``variables``, eager use) or tensors."""
+        Guided rows get their contrast rows after all of them."""
         rows = list(rows)
         guided = [i for i, row in enumerate(rows) if row.contrast is not None]
         partner = list(range(len(rows))) + guided
@@ -125,35 +134,36 @@ class Engine:
         for row in rows:
             self.decoder.check_positions(len(row.prompt), row.options.max_new_tokens)
         tokens, lengths = right_pad([row.prompt for row in every], 0)
-        width = cache_length(max(len(r.prompt) + r.options.max_new_tokens for r in every))
+        needed = max(len(r.prompt) + r.options.max_new_tokens for r in every)
         return self.begin(
-            tf.constant(tokens), tf.constant(lengths), width,
+            tf.constant(tokens), tf.constant(lengths), needed,
             tf.constant(self.decoder.condition_weights([r.condition for r in every])),
-            params_of([r.options for r in every]),
-            tf.constant([r.row_id for r in every], tf.int32), tf.constant(partner, tf.int32),
-            tf.constant([True] * len(rows) + [False] * len(guided)), variables)
+            params_of([r.options for r in rows]),
+            tf.constant([r.row_id for r in rows], tf.int32), tf.constant(partner, tf.int32))
 
-    def begin(self, tokens, lengths, width, weights, params, row_id, partner, main,
-              variables=False):
+    def begin(self, tokens, lengths, needed, weights, params, row_id, partner):
         """The :class:`DecodeState` of rows given as tensors (the exported graph
-        builds them; :meth:`start` from :class:`Row`\ s): right-padded prompt
-        ``tokens`` of ``lengths`` tokens, the history and cache ``width``,
-        condition ``weights``, ``params`` (see :func:`params_of`), and each
-        row's ``row_id``, ``partner`` and ``main``.  The prompts are run."""
+        builds them; :meth:`start` from :class:`Row` objects): every row's
+        right-padded prompt ``tokens`` of ``lengths`` tokens, condition
+        ``weights`` and ``partner``; the texts' ``params`` (see
+        :func:`params_of`) and ``row_id``; the most tokens a row may hold
+        (``needed``, prompt and new ones: the history and cache widths, see
+        :func:`~cln_textgen.generation.decoder.widths`).  The prompts are run."""
         rows = tf.shape(tokens)[0]
+        width, cache_width = widths(needed)
         history = tf.where(tf.range(tf.shape(tokens)[1])[None, :] < lengths[:, None], tokens, -1)
         history = tf.pad(history, [[0, 0], [0, width - tf.shape(tokens)[1]]], constant_values=-1)
         state = DecodeState(
-            scores=None, short=None, history=history, length=lengths, prompt_length=lengths,
-            done=tf.zeros([rows], tf.bool), last=tf.fill([rows], -1), partner=partner, main=main,
-            row_id=row_id, params=params, norms=None,
-            cache=self.decoder.empty_cache(rows, width, variables))
+            scores=None, short=None, params=params, row_id=row_id, history=history,
+            length=lengths, prompt_length=lengths, done=tf.zeros([rows], tf.bool),
+            last=tf.fill([rows], -1), partner=partner, norms=None,
+            cache=self.decoder.empty_cache(rows, cache_width))
         return self._start(state, tokens, weights)
 
     def _start_impl(self, state, tokens, weights):
         norms = self.decoder.norms(weights)
         logits, cache = self.decoder.prefill(tokens, state.prompt_length, norms, state.cache)
-        state = state._replace(norms=norms, cache=_kept(state.cache, cache))
+        state = state._replace(norms=norms, cache=cache)
         scores = process(logits, state, self.context)
         return state._replace(scores=scores, short=tuple(shortlist(scores)))
 
@@ -168,29 +178,38 @@ class Engine:
         return tf.reduce_any(~state.done)
 
     def step(self, state):
-        """One token for every live row."""
-        chosen = self._choose(state.scores, state.short, state.params,
-                              state.length - state.prompt_length, state.row_id)
+        """One token for every live text."""
         if not tf.executing_eagerly():
-            return self._advance(state, chosen)
-        shape = (int(state.history.shape[0]), int(state.history.shape[1]))
-        compiled = self._steps.get(shape, lambda: tf.function(self._advance,
-                                                              jit_compile=self.jit_compile))
-        return compiled(state, chosen)
+            return self._advance(state, self._choose(state))
+        shape = (*state.history.shape, state.cache.shape[3], state.row_id.shape[0])
+        # One call per step: a plain function that chooses, then runs the
+        # compiled rest; concrete per batch shape, so that a call skips
+        # matching its inputs' types against every trace.
+        return self._steps.get(shape, lambda: self._compile_step(state))(state)
 
-    def _choose_impl(self, scores, short, params, generated, row_id):
-        seeds = row_seeds(params["seed"], row_id, generated)
-        return choose(scores, short, params["greedy"], params["top_k"], params["top_p"], seeds)
+    def _compile_step(self, state):
+        advance = tf.function(self._advance, jit_compile=self.jit_compile)
+        return tf.function(lambda s: advance(s, self._choose(s))).get_concrete_function(state)
+
+    @staticmethod
+    def _choose(state):
+        """Each text's next token (``(texts,)``)."""
+        params = state.params
+        generated = (state.length - state.prompt_length)[:state.texts]
+        seeds = row_seeds(params["seed"], state.row_id, generated)
+        return choose(state.scores, state.short, params["greedy"], params["top_k"],
+                      params["top_p"], seeds)
 
     def _advance(self, state, chosen):
-        """Append ``chosen`` to every live row, feed it and process the next logits."""
+        """Append each text's ``chosen`` token to its live rows, feed it and
+        process the next logits."""
         context = self.context
+        chosen = of_every_row(state, chosen)
         rows = tf.range(tf.shape(chosen)[0])
-        chosen = tf.where(state.main, chosen, tf.gather(chosen, state.partner))
         live = ~state.done
         generated = state.length - state.prompt_length + 1
-        ended = live & ((chosen == context.stop_id)
-                        | (generated >= state.params["max_new_tokens"]))
+        limit = of_every_row(state, state.params["max_new_tokens"])
+        ended = live & ((chosen == context.stop_id) | (generated >= limit))
         width = tf.shape(state.history)[1]
         slots = tf.stack([rows, tf.minimum(state.length, width - 1)], axis=1)
         kept = tf.gather_nd(state.history, slots)
@@ -203,24 +222,23 @@ class Engine:
             feed = tf.where(state.done, context.stop_id, chosen)
             logits, cache = self.decoder.step(feed, state.length - 1, state.norms, state.cache)
             scores = process(logits, state._replace(cache=cache), context)
-            return scores, tuple(shortlist(scores)), _carried(cache)
+            return scores, tuple(shortlist(scores)), cache
 
         def idle():
-            return state.scores, state.short, _carried(state.cache)
+            return state.scores, state.short, state.cache
 
         scores, short, cache = tf.cond(self.running(state), forward, idle)
-        return state._replace(scores=scores, short=short, cache=_kept(state.cache, cache))
+        return state._replace(scores=scores, short=short, cache=cache)
 
     # ------------------------------------------------------------ results
 
     @staticmethod
     def new_tokens(state, stop_id):
-        """Every main row's new ids (without the end of text), in row order."""
+        """Every text's new ids (without the end of text), in row order."""
         history, length, start = (t.numpy() for t in (state.history, state.length,
                                                       state.prompt_length))
-        main = state.main.numpy()
         out = []
-        for row in np.flatnonzero(main):
+        for row in range(int(state.texts)):
             ids = history[row, start[row]:length[row]].tolist()
             out.append(ids[:-1] if ids and ids[-1] == stop_id else ids)
         return out
@@ -239,14 +257,3 @@ def loop(search, state, on_step=None):
         if on_step is not None:
             state = on_step(state)
     return state
-
-
-def _carried(cache):
-    """What a ``tf.cond`` branch returns of the cache: the tensors, or nothing
-    for variables (updated in place)."""
-    return () if isinstance(cache[0][0], tf.Variable) else cache
-
-
-def _kept(old, new):
-    """The cache after a step: the same variables, or the new tensors."""
-    return old if isinstance(old[0][0], tf.Variable) else new

@@ -1,10 +1,11 @@
 """Logit processors: what every decoding option does to the next-token logits.
 
-Each processor is one small object that reads its option per row (the
-engine's state carries one value per row and option, so rows of one batch
+Each processor is one small object that reads its option per text (the
+engine's state carries one value per text and option, so texts of one batch
 may differ: the server decodes many requests at once) and changes the
-``(rows, vocab)`` scores; :data:`PROCESSORS` is the chain, in the order it
-runs.  The choice of a token from the processed scores (greedy, top-k, top-p,
+``(texts, vocab)`` scores; :data:`PROCESSORS` is the chain, in the order it
+runs.  The first, :class:`Guidance`, turns the logits of every row (texts,
+then contrast rows) into the texts' scores; the others see the texts only.  The choice of a token from the processed scores (greedy, top-k, top-p,
 a draw) is :mod:`cln_textgen.generation.choice`; stopping is the engine's.
 A new decoding option is one row in :mod:`cln_textgen.options` and, if it
 changes the logits, one processor here.
@@ -28,39 +29,44 @@ class Processor:
     option = None
 
     def used(self, state, context):
-        """Whether any row needs this processor (a scalar bool tensor)."""
+        """Whether any text needs this processor (a scalar bool tensor)."""
         return tf.constant(True)
 
     def apply(self, scores, state, context):
         raise NotImplementedError
 
+    def skip(self, scores, state):
+        """The scores when no text needs the processor."""
+        return scores
+
     def __call__(self, scores, state, context):
-        return tf.cond(self.used(state, context),
-                       lambda: self.apply(scores, state, context), lambda: scores)
+        return tf.cond(self.used(state, context), lambda: self.apply(scores, state, context),
+                       lambda: self.skip(scores, state))
 
 
 class Guidance(Processor):
-    """Classifier-free guidance (Ho & Salimans 2022): a guided row is decoded
+    """Classifier-free guidance (Ho & Salimans 2022): a guided text is decoded
     beside a contrast row (the null condition, or another label) in the same
-    batch; its scores become the log-probabilities ``log p_c + g (log p_row -
-    log p_c)``: ``g`` 1 is the row's own distribution, 0 the contrast's, above
-    1 pushes away from the contrast.  Unguided rows keep their raw logits."""
+    batch; its scores become the log-probabilities ``log p_c + g (log p_text -
+    log p_c)``: ``g`` 1 is the text's own distribution, 0 the contrast's, above
+    1 pushes away from the contrast.  Unguided texts keep their raw logits.
+    Takes the logits of every row, returns the texts' scores."""
 
     option = "guidance"
 
     def used(self, state, context):
-        return tf.reduce_any(guided(state))
+        return tf.shape(state.done)[0] > state.texts  # any contrast row
 
     def apply(self, scores, state, context):
+        texts = state.texts
         log_probs = tf.nn.log_softmax(scores)
-        contrast = tf.gather(log_probs, state.partner)
+        contrast = tf.gather(log_probs, state.partner[:texts])
         g = tf.cast(state.params["guidance"], scores.dtype)[:, None]
-        return tf.where(guided(state)[:, None], contrast + g * (log_probs - contrast), scores)
+        guided = (state.partner[:texts] != tf.range(texts))[:, None]
+        return tf.where(guided, contrast + g * (log_probs[:texts] - contrast), scores[:texts])
 
-
-def guided(state):
-    """Rows whose scores are guided: rows with a contrast row of their own."""
-    return state.main & (state.partner != tf.range(tf.shape(state.partner)[0]))
+    def skip(self, scores, state):
+        return scores[:state.texts]
 
 
 class BannedTokens(Processor):
@@ -73,7 +79,8 @@ class BannedTokens(Processor):
         return tf.constant(True)
 
     def apply(self, scores, state, context):
-        early = (state.length - state.prompt_length) < state.params["min_new_tokens"]
+        texts = state.texts
+        early = (state.length - state.prompt_length)[:texts] < state.params["min_new_tokens"]
         stop = tf.one_hot(context.stop_id, tf.shape(scores)[1], on_value=True, off_value=False)
         banned = context.banned[None, :] | (early[:, None] & stop[None, :])
         return tf.where(banned, tf.constant(NEG_INF, scores.dtype), scores)
@@ -91,7 +98,8 @@ class RepetitionPenalty(Processor):
 
     def apply(self, scores, state, context):
         penalty = tf.cast(state.params["repetition_penalty"], scores.dtype)[:, None]
-        seen = token_counts(scores, filled(state.history, state.length)) > 0
+        texts = state.texts
+        seen = token_counts(scores, filled(state.history[:texts], state.length[:texts])) > 0
         penalised = tf.where(scores > 0, scores / penalty, scores * penalty)
         return tf.where(seen, penalised, scores)
 
@@ -106,7 +114,8 @@ class NoRepeatNgram(Processor):
         return tf.reduce_any(state.params["no_repeat_ngram"] > 0)
 
     def apply(self, scores, state, context):
-        history, length = state.history, state.length
+        texts = state.texts
+        history, length = state.history[:texts], state.length[:texts]
         n = state.params["no_repeat_ngram"]
         width = tf.shape(history)[1]
         starts = tf.range(width)[None, :]  # where each window of a row begins
@@ -118,9 +127,9 @@ class NoRepeatNgram(Processor):
         # Window position j must equal the row's j-th last-but-(n-1) token.
         def compare(j, match):
             wanted = tf.gather(history, tf.maximum(length - (n - 1) + j, 0), batch_dims=1)
-            window = _shifted(history, tf.fill(tf.shape(n), j))
+            window = _shifted(history, tf.zeros_like(n) + j)
             same = (window == wanted[:, None]) & (window >= 0)
-            return j + 1, match & (same | (j >= n - 1)[:, None])
+            return j + 1, tf.ensure_shape(match & (same | (j >= n - 1)[:, None]), match.shape)
 
         _, match = tf.while_loop(lambda j, _: j < tf.reduce_max(n) - 1, compare, (0, match))
         banned = token_counts(scores, tf.where(match, ends, -1)) > 0

@@ -1,98 +1,125 @@
-"""Rows leaving and joining a running batch (the server's continuous batching).
+"""Texts leaving and joining a running batch (the server's continuous batching).
 
 Every row of a :class:`~cln_textgen.generation.engine.DecodeState` carries
 all it needs (history, place in its own cache row, norms, options), so a
-batch can be rebuilt between two steps from any rows of running batches:
-:func:`regroup` gathers them, pads or cuts the history and cache to a new
-width, and adds finished filler rows up to a row count.  A row decodes the
-same tokens whatever rows it is batched with: its seed, its columns and its
-attention are its own.
+batch can be rebuilt between two steps from any texts of running batches:
+:func:`regroup` gathers them with their contrast rows, keeps the engine's
+layout (texts first, then contrast rows), pads or cuts the history and cache
+to a new width, and adds finished filler texts up to a bucket.  A text
+decodes the same tokens whatever it is batched with: its seed, its columns
+and its attention are its own.
 """
 
 import numpy as np
 
 from cln_textgen.backend import tf
-from cln_textgen.generation.decoder import cache_length
+from cln_textgen.generation.decoder import row_bucket, widths
 
 
-def needed_width(state, rows=None):
-    """The history and cache width the live ``rows`` (default: all) still need."""
-    length = state.prompt_length.numpy() + state.params["max_new_tokens"].numpy()
-    live = ~state.done.numpy()
-    if rows is not None:
+def needed(state, texts=None):
+    """The most tokens (prompt and new) the live ``texts`` (default: all) and
+    their contrast rows may hold."""
+    count = int(state.texts)
+    length = state.prompt_length.numpy()[:count] + state.params["max_new_tokens"].numpy()
+    live = ~state.done.numpy()[:count]
+    if texts is not None:
         keep = np.zeros_like(live)
-        keep[list(rows)] = True
+        keep[list(texts)] = True
         live &= keep
-    return cache_length(int(length[live].max())) if live.any() else 0
+    return int(length[live].max()) if live.any() else 1
 
 
-def regroup(parts, width, rows):
-    """One batch of the rows ``index`` of each ``(state, index)`` in ``parts``,
-    in that order, then finished filler rows up to ``rows`` in all; history and
-    cache padded or cut to ``width`` columns.  A row's contrast row must be
-    among the rows taken.  The cache becomes new variables."""
-    pieces, offset = [], 0
+def regroup(parts, most, limit):
+    """One batch of the texts ``index`` of each ``(state, index)`` in ``parts``,
+    in that order, with their contrast rows; history and cache padded or cut
+    to what rows of at most ``most`` tokens need (see
+    :func:`~cln_textgen.generation.decoder.widths`); finished filler texts
+    and contrast rows up to power-of-two counts (at most ``limit``)."""
+    width = widths(most)
+    texts, contrasts = [], []  # (state, row) of the new layout
     for state, index in parts:
-        index = np.asarray(index, np.int32)
-        position = np.full(int(state.done.shape[0]), -1, np.int32)
-        position[index] = np.arange(len(index)) + offset
-        partner = position[state.partner.numpy()[index]]
-        if (partner < 0).any():
-            raise ValueError("a row was taken without its contrast row")
-        pieces.append((_take(state, tf.constant(index), width), partner))
-        offset += len(index)
-    states = [p for p, _ in pieces]
-    merged = _map(lambda *xs: tf.concat(xs, 0), states)
-    merged = merged._replace(partner=tf.constant(np.concatenate([p for _, p in pieces]),
-                                                 tf.int32))
-    if rows > offset:
-        filler = _take(merged, tf.zeros(rows - offset, tf.int32), width)
-        filler = filler._replace(done=tf.ones(rows - offset, tf.bool),
-                                 main=tf.zeros(rows - offset, tf.bool),
-                                 partner=tf.range(offset, rows), last=tf.fill([rows - offset], -1))
-        merged = _map(lambda a, b: tf.concat([a, b], 0), [merged, filler])
-    keys, values = merged.cache
-    return merged._replace(cache=(tuple(tf.Variable(k, trainable=False) for k in keys),
-                                  tuple(tf.Variable(v, trainable=False) for v in values)))
+        partner = state.partner.numpy()
+        texts += [(state, int(i)) for i in index]
+        contrasts += [(state, int(partner[i])) for i in index if partner[i] != i]
+    count = row_bucket(len(texts), limit)
+    extra = row_bucket(len(contrasts), limit) if contrasts else 0
+    # Where each old row goes: texts first, contrast rows after all texts.
+    position = {(id(s), r): k for k, (s, r) in enumerate(texts)}
+    position.update({(id(s), r): count + k for k, (s, r) in enumerate(contrasts)})
+    pieces = []
+    for state, index in parts:
+        partner = state.partner.numpy()
+        mine = [int(i) for i in index]
+        theirs = [int(partner[i]) for i in mine if partner[i] != i]
+        new_partner = np.array([position[id(state), int(partner[r])] for r in mine + theirs],
+                               np.int32)
+        pieces.append((_take(state, mine, theirs, width), new_partner, len(mine)))
+    return _join(pieces, count, extra)
 
 
-def _take(state, index, width):
-    """Rows ``index`` of ``state``, history and cache at ``width`` columns (tensors)."""
-    def rows(t):
-        return tf.gather(tf.convert_to_tensor(t), index)
+def _take(state, texts, contrasts, width):
+    """``(text part, contrast part)`` of ``state``'s rows ``texts`` and
+    ``contrasts``: per-text fields of the texts, per-row fields of both."""
+    rows = texts + contrasts
 
-    def columns(t, fill):
-        have = int(t.shape[1])
-        if have >= width:
-            return t[:, :width]
-        pad = [[0, 0], [0, width - have]] + [[0, 0]] * (len(t.shape) - 2)
+    def pick(t, index):
+        return tf.gather(t, np.asarray(index, np.int32))
+
+    def columns(t, fill, size, axis=1):
+        have = int(t.shape[axis])
+        if have >= size:
+            return tf.gather(t, tf.range(size), axis=axis)
+        pad = [[0, 0]] * len(t.shape)
+        pad[axis] = [0, size - have]
         return tf.pad(t, pad, constant_values=fill)
 
-    keys, values = state.cache
     return state._replace(
-        scores=rows(state.scores), short=tuple(rows(t) for t in state.short),
-        history=columns(rows(state.history), -1), length=rows(state.length),
-        prompt_length=rows(state.prompt_length), done=rows(state.done), last=rows(state.last),
-        partner=rows(state.partner), main=rows(state.main), row_id=rows(state.row_id),
-        params={k: rows(v) for k, v in state.params.items()},
-        norms=tuple(tuple(rows(t) for t in pair) for pair in state.norms),
-        cache=(tuple(columns(rows(k), 0.0) for k in keys),
-               tuple(columns(rows(v), 0.0) for v in values)))
+        scores=pick(state.scores, texts), short=tuple(pick(t, texts) for t in state.short),
+        params={k: pick(v, texts) for k, v in state.params.items()},
+        row_id=pick(state.row_id, texts),
+        history=columns(pick(state.history, rows), -1, width[0]), length=pick(state.length, rows),
+        prompt_length=pick(state.prompt_length, rows), done=pick(state.done, rows),
+        last=pick(state.last, rows), partner=pick(state.partner, rows),
+        norms=pick(state.norms, rows),
+        cache=columns(tf.gather(state.cache, np.asarray(rows, np.int32), axis=2), 0.0, width[1],
+                      axis=3))
 
 
-def _map(fn, states):
-    """``fn`` over the matching per-row fields of ``states``."""
-    first = states[0]
+def _join(pieces, count, extra):
+    """The pieces' texts then their contrast rows, filled up to ``count`` texts
+    and ``extra`` contrast rows with finished copies of the first text."""
+    first = pieces[0][0]
+    texts = sum(n for _, _, n in pieces)
+    fill_texts, fill_rows = count - texts, extra - sum(len(p) - n for _, p, n in pieces)
+
+    def per_text(get):
+        parts = [get(state) for state, _, _ in pieces]
+        parts.append(tf.repeat(get(first)[:1], fill_texts, axis=0))
+        return tf.concat(parts, 0)
+
+    def per_row(get, axis=0):
+        head = [tf.gather(get(s), tf.range(n), axis=axis) for s, _, n in pieces]
+        tail = [tf.gather(get(s), tf.range(n, len(p)), axis=axis) for s, p, n in pieces]
+        one = tf.gather(get(first), [0], axis=axis)
+        return tf.concat(head + [tf.repeat(one, fill_texts, axis=axis)] + tail
+                         + [tf.repeat(one, fill_rows, axis=axis)], axis)
+
+    partner = np.concatenate([p[:n] for _, p, n in pieces]
+                             + [np.arange(texts, count, dtype=np.int32)]
+                             + [p[n:] for _, p, n in pieces]
+                             + [np.zeros(fill_rows, np.int32)])
+    done = per_row(lambda s: s.done).numpy()
+    done[texts:count] = True
+    done[count + extra - fill_rows:] = True
+    last = per_row(lambda s: s.last).numpy()
+    last[texts:count] = -1
+    last[count + extra - fill_rows:] = -1
     return first._replace(
-        scores=fn(*[s.scores for s in states]),
-        short=tuple(fn(*xs) for xs in zip(*[s.short for s in states])),
-        history=fn(*[s.history for s in states]), length=fn(*[s.length for s in states]),
-        prompt_length=fn(*[s.prompt_length for s in states]),
-        done=fn(*[s.done for s in states]), last=fn(*[s.last for s in states]),
-        partner=fn(*[s.partner for s in states]), main=fn(*[s.main for s in states]),
-        row_id=fn(*[s.row_id for s in states]),
-        params={k: fn(*[s.params[k] for s in states]) for k in first.params},
-        norms=tuple(tuple(fn(*xs) for xs in zip(*pairs))
-                    for pairs in zip(*[s.norms for s in states])),
-        cache=tuple(tuple(fn(*xs) for xs in zip(*caches))
-                    for caches in zip(*[s.cache for s in states])))
+        scores=per_text(lambda s: s.scores),
+        short=tuple(per_text(lambda s, i=i: s.short[i]) for i in range(len(first.short))),
+        params={k: per_text(lambda s, k=k: s.params[k]) for k in first.params},
+        row_id=per_text(lambda s: s.row_id),
+        history=per_row(lambda s: s.history), length=per_row(lambda s: s.length),
+        prompt_length=per_row(lambda s: s.prompt_length), done=tf.constant(done),
+        last=tf.constant(last), partner=tf.constant(partner, tf.int32),
+        norms=per_row(lambda s: s.norms), cache=per_row(lambda s: s.cache, axis=2))

@@ -22,9 +22,8 @@ import threading
 import numpy as np
 
 from cln_textgen.backend import tf
-from cln_textgen.generation.decoder import row_bucket
 from cln_textgen.generation.generate import TextStream, token_events
-from cln_textgen.generation.regroup import needed_width, regroup
+from cln_textgen.generation.regroup import needed, regroup
 
 
 class Cancelled(Exception):
@@ -70,7 +69,7 @@ class Batcher:
         self._waiting = collections.deque()
         self._wake = threading.Condition()
         self._closed = False
-        self._owners = []  # per row of the batch: (job, index) for a main row, else None
+        self._owners = []  # per text of the batch: (job, index), or None for a filler
         self.steps = 0  # decoding steps run, and the most rows decoded in one
         self.largest = 0
         self._thread = threading.Thread(target=self._work, name="decode", daemon=True)
@@ -116,7 +115,7 @@ class Batcher:
         """After a step (or before the first): stream, finish, drop, admit."""
         if state is not None:
             self.steps += 1
-            self.largest = max(self.largest, len(self._live_rows(state)))
+            self.largest = max(self.largest, len(self._live_texts(state)))
             self._stream(state)
             state = self._drop_cancelled(state)
         self._finish_done(state)
@@ -127,7 +126,7 @@ class Batcher:
         if joining:
             return self._admit(state, joining)
         if state is not None:
-            live = self._live_rows(state)
+            live = self._live_texts(state)
             if live and len(live) <= len(self._owners) // 4:
                 return self._rebuild([self._kept(state)])
         return state
@@ -189,7 +188,7 @@ class Batcher:
 
     def _take_joining(self, state):
         """Waiting jobs that fit beside the live rows (the first always does)."""
-        live = 0 if state is None else int(np.count_nonzero(~state.done.numpy()))
+        live = 0 if state is None else int(np.count_nonzero(~state.done.numpy()))  # all rows
         taken = []
         with self._wake:
             while self._waiting and (not taken and live == 0
@@ -203,35 +202,33 @@ class Batcher:
         return taken
 
     @staticmethod
-    def _live_rows(state):
-        return np.flatnonzero(~state.done.numpy()).tolist()
+    def _live_texts(state):
+        return np.flatnonzero(~state.done.numpy()[:int(state.texts)]).tolist()
 
     def _kept(self, state):
-        """The live rows of ``state`` and their owners."""
-        live = self._live_rows(state)
+        """The live texts of ``state`` and their owners."""
+        live = self._live_texts(state)
         return state, live, [self._owners[r] for r in live]
 
     def _admit(self, state, jobs):
         """The batch of the live rows of ``state`` and the rows of ``jobs``."""
         rows = [row for job in jobs for row in job.rows]
         try:
-            new = self.engine.start(rows, variables=False)
+            new = self.engine.start(rows)
         except Exception as e:  # noqa: BLE001 - these requests fail, the batch goes on
             for job in jobs:
                 job.complete(e)
             return state
         owners = [(job, i) for job in jobs for i in range(len(job.rows))]
-        owners += [None] * (int(new.done.shape[0]) - len(owners))  # their contrast rows
         parts = [] if state is None else [self._kept(state)]
         return self._rebuild(parts + [(new, list(range(len(owners))), owners)])
 
     def _rebuild(self, parts):
         """One batch of ``(state, rows, owners)`` parts, at a row bucket."""
         parts = [part for part in parts if part[1]]
-        width = max(needed_width(state, index) for state, index, _ in parts)
+        most = max(needed(state, index) for state, index, _ in parts)
         size = sum(len(index) for _, index, _ in parts)
-        state = regroup([(s, i) for s, i, _ in parts], width,
-                        row_bucket(size, max(self.max_rows, size)))
+        state = regroup([(s, i) for s, i, _ in parts], most, max(self.max_rows, size))
         owners = [owner for _, _, owned in parts for owner in owned]
-        self._owners = owners + [None] * (int(state.done.shape[0]) - len(owners))
+        self._owners = owners + [None] * (int(state.texts) - len(owners))
         return state
