@@ -170,7 +170,7 @@ class ChainDecoder:
     def norms(self, weights):
         return tf.zeros((tf.shape(weights)[0], 0, 2, 1))
 
-    def empty_cache(self, rows, length):
+    def empty_cache(self, rows, length, variable=False):
         return tf.zeros((2, 1, rows, length, 1, 1))
 
     def prefill(self, tokens, lengths, norms, cache, rows=None):

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cln_textgen.backend import tf
-from cln_textgen.generation.engine import DecodeState, of_every_row
+from cln_textgen.generation.engine import DecodeState, attached, detached, of_every_row
 from cln_textgen.generation.processors import process
 
 NEG_INF = -np.inf
@@ -75,7 +75,8 @@ class BeamSearch:
         return tf.reduce_any(~state.group_done)
 
     def step(self, state):
-        return self._step(state)
+        out = self._step(state)
+        return out._replace(rows=attached(out.rows, state.rows.cache))
 
     def _step_impl(self, state):
         s, context = state.rows, self.engine.context
@@ -135,18 +136,11 @@ class BeamSearch:
         rows = rows._replace(history=history, length=rows.length + tf.cast(live_rows, tf.int32),
                              done=~live_rows, last=tf.where(live_rows, chosen_all, -1))
 
-        def forward():
-            feed = tf.where(rows.done, context.stop_id, chosen_all)
-            logits, cache = self.engine.decoder.step(feed, rows.length - 1, rows.norms,
-                                                     rows.cache)
-            return process(logits, rows._replace(cache=cache), context), cache
-
-        def idle():
-            return rows.scores, rows.cache
-
-        next_scores, cache = tf.cond(tf.reduce_any(~done), forward, idle)
-        rows = rows._replace(scores=next_scores, short=(), cache=cache)
-        return ended._replace(rows=rows, beam_scores=scores, group_done=done)
+        feed = tf.where(rows.done, context.stop_id, chosen_all)
+        logits, cache = self.engine.decoder.step(feed, rows.length - 1, rows.norms, rows.cache)
+        rows = rows._replace(scores=process(logits, rows._replace(cache=cache), context),
+                             short=(), cache=cache)
+        return ended._replace(rows=detached(rows), beam_scores=scores, group_done=done)
 
     def results(self, state):
         """Per group, its ``returns`` best sequences (new ids), best first."""

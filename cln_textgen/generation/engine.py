@@ -157,15 +157,15 @@ class Engine:
             scores=None, short=None, params=params, row_id=row_id, history=history,
             length=lengths, prompt_length=lengths, done=tf.zeros([rows], tf.bool),
             last=tf.fill([rows], -1), partner=partner, norms=None,
-            cache=self.decoder.empty_cache(rows, cache_width))
-        return self._start(state, tokens, weights)
+            cache=self.decoder.empty_cache(rows, cache_width, variable=tf.executing_eagerly()))
+        return attached(self._start(state, tokens, weights), state.cache)
 
     def _start_impl(self, state, tokens, weights):
         norms = self.decoder.norms(weights)
         logits, cache = self.decoder.prefill(tokens, state.prompt_length, norms, state.cache)
         state = state._replace(norms=norms, cache=cache)
         scores = process(logits, state, self.context)
-        return state._replace(scores=scores, short=tuple(shortlist(scores)))
+        return detached(state._replace(scores=scores, short=tuple(shortlist(scores))))
 
     # ------------------------------------------------------------ the loop
 
@@ -181,11 +181,13 @@ class Engine:
         """One token for every live text."""
         if not tf.executing_eagerly():
             return self._advance(state, self._choose(state))
-        shape = (*state.history.shape, state.cache.shape[3], state.row_id.shape[0])
+        shape = (*state.history.shape, state.cache.shape[3], state.row_id.shape[0],
+                 isinstance(state.cache, tf.Variable))
         # One call per step: a plain function that chooses, then runs the
         # compiled rest; concrete per batch shape, so that a call skips
         # matching its inputs' types against every trace.
-        return self._steps.get(shape, lambda: self._compile_step(state))(state)
+        return attached(self._steps.get(shape, lambda: self._compile_step(state))(state),
+                        state.cache)
 
     def _compile_step(self, state):
         advance = tf.function(self._advance, jit_compile=self.jit_compile)
@@ -218,17 +220,13 @@ class Engine:
         state = state._replace(history=history, length=state.length + tf.cast(live, tf.int32),
                                done=state.done | ended, last=tf.where(live, chosen, -1))
 
-        def forward():
-            feed = tf.where(state.done, context.stop_id, chosen)
-            logits, cache = self.decoder.step(feed, state.length - 1, state.norms, state.cache)
-            scores = process(logits, state._replace(cache=cache), context)
-            return scores, tuple(shortlist(scores)), cache
-
-        def idle():
-            return state.scores, state.short, state.cache
-
-        scores, short, cache = tf.cond(self.running(state), forward, idle)
-        return state._replace(scores=scores, short=short, cache=cache)
+        # Fed even after the last row is done (one wasted step per batch): a
+        # step inside tf.cond measured slower than the waste.
+        feed = tf.where(state.done, context.stop_id, chosen)
+        logits, cache = self.decoder.step(feed, state.length - 1, state.norms, state.cache)
+        scores = process(logits, state._replace(cache=cache), context)
+        return detached(state._replace(scores=scores, short=tuple(shortlist(scores)),
+                                       cache=cache))
 
     # ------------------------------------------------------------ results
 
@@ -242,6 +240,18 @@ class Engine:
             ids = history[row, start[row]:length[row]].tolist()
             out.append(ids[:-1] if ids and ids[-1] == stop_id else ids)
         return out
+
+
+# A compiled function must not return the cache variable: its output would be
+# a copy of the variable's value.  It returns the state without it, and the
+# caller puts the variable back.
+
+def detached(state):
+    return state._replace(cache=()) if isinstance(state.cache, tf.Variable) else state
+
+
+def attached(state, cache):
+    return state._replace(cache=cache) if isinstance(cache, tf.Variable) else state
 
 
 def loop(search, state, on_step=None):

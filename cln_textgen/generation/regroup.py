@@ -54,7 +54,8 @@ def regroup(parts, most, limit):
         new_partner = np.array([position[id(state), int(partner[r])] for r in mine + theirs],
                                np.int32)
         pieces.append((_take(state, mine, theirs, width), new_partner, len(mine)))
-    return _join(pieces, count, extra)
+    merged = _join(pieces, count, extra)
+    return merged._replace(cache=tf.Variable(merged.cache, trainable=False))
 
 
 def _take(state, texts, contrasts, width):
