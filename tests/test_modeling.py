@@ -5,10 +5,10 @@ import pytest
 
 from cln_textgen.backend import bert4keras, keras
 from cln_textgen.model.layers import ConditionalLayerNormalization
-from cln_textgen.model.modeling import (ModelConfig, build_model, conditional_layers,
-                                        load_bert_weights, model_parts)
+from cln_textgen.model.bert_weights import load_bert_weights
+from cln_textgen.model.modeling import ModelConfig, build_model, conditional_layers, model_parts
 from cln_textgen.model.pretrained import open_pretrained
-from cln_textgen.training.start import model_config_for
+from cln_textgen.tasks.lm_start import model_config_for
 from cln_textgen.config import Config
 
 TOKENS = np.array([[2, 5, 6, 7, 8, 9, 3], [2, 10, 11, 3, 0, 0, 0]], dtype=np.int32)
@@ -78,7 +78,8 @@ def test_at_initialisation_every_label_gives_the_pretrained_logits(tiny_google_b
     for label in range(config.num_labels):
         labels = np.full(2, label, np.int32)
         out = conditional.predict([TOKENS, labels], verbose=0)
-        assert np.abs(out - reference).max() <= 1e-6
+        # float32 rounding: 1.01e-6 on a CPU with AVX-512, below 1e-6 on others
+        assert np.abs(out - reference).max() <= 2e-6
     # and the condition does act once its projections are non-zero
     norm = conditional.get_layer("Transformer-0-FeedForward-Norm")
     norm.gamma_dense.kernel.assign(np.full(norm.gamma_dense.kernel.shape, 0.5, np.float32))

@@ -36,7 +36,7 @@ def run(args):
     source = args.config or "--set"
 
     from cln_textgen.training.distribute import chief_by_tf_config
-    from cln_textgen.training.start import start_run
+    from cln_textgen.tasks.lm_start import start_run
 
     started = time.time()
     chief = chief_by_tf_config(config.train.distribute)
