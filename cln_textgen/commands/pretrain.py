@@ -3,8 +3,7 @@
 import sys
 import time
 
-from cln_textgen.commands import add_config_args, say, training_stopped
-from cln_textgen.errors import UserError
+from cln_textgen.commands import add_training_args, say, training_config, training_stopped
 
 
 def register(sub):
@@ -14,26 +13,15 @@ def register(sub):
                                    "training loop of train: same run folder = resume. When "
                                    "training ends, RUN_DIR/bert is a Google BERT folder to use "
                                    "as model.pretrained. See configs/pretrain_zh_mini.yaml.")
-    add_config_args(p)
-    p.add_argument("--stop-at-step", type=int, metavar="N",
-                   help="save and stop once N optimizer steps are done (resume later)")
-    p.add_argument("--fresh", action="store_true",
-                   help="start a new run even if run_dir is in use: the old folder is moved "
-                        "aside to RUN_DIR.old-TIME (nothing is deleted)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the merged config (defaults, file, --set) and exit")
+    add_training_args(p)
     p.set_defaults(func=run)
 
 
 def run(args):
     from cln_textgen.pretrain_config import load_pretrain_config
 
-    if args.config is None and not args.overrides:
-        raise UserError("--config: give a YAML config, e.g. --config configs/pretrain_zh_mini.yaml")
-    config = load_pretrain_config(args.config, args.overrides)
-    if args.print_config:
-        sys.stdout.write(config.to_yaml())
+    config = training_config(args, load_pretrain_config, "configs/pretrain_zh_mini.yaml")
+    if config is None:
         return 0
 
     from cln_textgen.tasks.pretrain_start import start_pretraining

@@ -28,6 +28,26 @@ EARLY_FILES = (LOCK_NAME, "checkpoints", "metrics.jsonl", "samples", "tensorboar
 START_OVER = "start over with --fresh (moves this folder aside, deletes nothing)"
 
 
+def start(run, writes, fresh, resume, new, setup_files):
+    """Open ``run`` for training: ``resume(writes)`` when it holds checkpoint files,
+    else ``new(writes)`` (after checking the folder is a run's, of ``setup_files``);
+    each returns the task.  ``writes=False`` (the non-chief workers of a
+    multi-worker run) touches nothing; a writer holds the folder's lock, in
+    ``task.lock``, and ``--fresh``'s old folder is ``task.moved_to``."""
+    def open_run(w):
+        if run.has_checkpoints():
+            return resume(w)
+        if w:
+            check_run_folder(run, setup_files)
+        return new(w)
+
+    if not writes:
+        return open_run(False)
+    task, task_lock, moved_to = open_for_writing(run, fresh, lambda: open_run(True))
+    task.lock, task.moved_to = task_lock, moved_to
+    return task
+
+
 def open_for_writing(run, fresh, open_run):
     """Lock ``run``'s folder (moving a used one aside first with ``fresh``) and
     return ``(open_run(), lock, moved_to)``; the lock is released and a folder

@@ -24,7 +24,6 @@ from cln_textgen.data.corpus import load_split, read_train_labels
 from cln_textgen.errors import UserError
 from cln_textgen.evaluation.classifier import (ClassifierConfig, ClassifierDir, accuracy,
                                                build_classifier, predictor)
-from cln_textgen.data import batching
 from cln_textgen.model.bert_weights import load_bert_weights
 from cln_textgen.model.modeling import BertShape
 from cln_textgen.model.pretrained import open_pretrained
@@ -32,6 +31,7 @@ from cln_textgen.model.tokenization import TextTokenizer, read_vocab, write_voca
 from cln_textgen.runs import checkpoints
 from cln_textgen.runs.folder import write_text_atomic
 from cln_textgen.runs.lock import LOCK_NAME
+from cln_textgen.tasks.labelled import LabelledRows
 from cln_textgen.tasks.lm_start import check_max_length
 from cln_textgen.training import distribute
 from cln_textgen.training.trainer import Trainer
@@ -65,7 +65,7 @@ class ClassifierEval:
 
 
 @dataclasses.dataclass
-class ClassifierTask:
+class ClassifierTask(LabelledRows):
     """The classifier as a task of the training loop (see training/trainer.py)."""
 
     run: ClassifierDir
@@ -80,22 +80,9 @@ class ClassifierTask:
     checkpoint: str = None  # the checkpoint to resume from (the newest that reads back)
     _predict: object = None
 
-    @property
-    def has_valid(self):
-        return self.valid is not None
-
-    def row_lengths(self):
-        return [len(t) for t in self.train.encoded.token_ids]
-
     def make_batch(self, indices, step, micro, length_multiple=1, rows_multiple=1):
         del step, micro  # the labels are the targets: nothing is drawn per step
-        encoded = self.train.encoded
-        return batching.pad_batch(encoded.token_ids, encoded.label_ids, indices,
-                                  self.tokenizer.pad_id, length_multiple=length_multiple,
-                                  rows_multiple=rows_multiple)
-
-    def count_tokens(self, batch):
-        return batching.real_targets(batch[0], self.tokenizer.pad_id)
+        return self.padded(indices, length_multiple, rows_multiple)
 
     def samples(self, model):
         return []

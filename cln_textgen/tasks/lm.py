@@ -19,6 +19,7 @@ from cln_textgen.model.bert_weights import load_bert_weights
 from cln_textgen.model.modeling import ModelConfig, build_model, model_parts
 from cln_textgen.model.tokenization import TextTokenizer
 from cln_textgen.runs.folder import RunDir
+from cln_textgen.tasks.labelled import LabelledRows
 
 
 class NextTokenLoss:
@@ -51,7 +52,7 @@ class NextTokenLoss:
 
 
 @dataclasses.dataclass
-class LanguageModelTask:
+class LanguageModelTask(LabelledRows):
     """A conditional LM run, started or resumed (see :mod:`cln_textgen.tasks.lm_start`)."""
 
     run: RunDir
@@ -72,18 +73,8 @@ class LanguageModelTask:
     _sampler: object = None  # a float32 single-device copy for samples, when needed
     _decoding: object = None  # the sampling model's decoder, compiled once
 
-    @property
-    def has_valid(self):
-        return self.valid is not None
-
-    def row_lengths(self):
-        return [len(t) for t in self.train.encoded.token_ids]
-
     def make_batch(self, indices, step, micro, length_multiple=1, rows_multiple=1):
-        encoded = self.train.encoded
-        tokens, labels = batching.pad_batch(encoded.token_ids, encoded.label_ids, indices,
-                                            self.tokenizer.pad_id, length_multiple=length_multiple,
-                                            rows_multiple=rows_multiple)
+        tokens, labels = self.padded(indices, length_multiple, rows_multiple)
         return tokens, self.training_labels(labels, step, micro)
 
     def training_labels(self, labels, step, micro):
@@ -94,9 +85,7 @@ class LanguageModelTask:
         return batching.drop_labels(labels, m.label_dropout, m.null_id, m.seed, step, micro)
 
     def count_targets(self, batch):
-        return batching.real_targets(batch[0], self.tokenizer.pad_id)
-
-    count_tokens = count_targets
+        return self.count_tokens(batch)  # the next-token targets are the real tokens
 
     def build_model(self, dropout_seed):
         return build_model(self.model_config, dropout_seed)

@@ -45,20 +45,8 @@ def start_run(config, source, writes=None, fresh=False):
     if writes is None:
         writes = chief_by_tf_config(config.train.distribute)
     run = RunDir(config.run_dir)
-    if not writes:
-        return _open(run, config, source, writes=False)
-    task, lock, moved_to = opening.open_for_writing(
-        run, fresh, lambda: _open(run, config, source, writes=True))
-    task.lock, task.moved_to = lock, moved_to
-    return task
-
-
-def _open(run, config, source, writes):
-    if run.has_checkpoints():
-        return _resume(run, config, source, writes)
-    if writes:
-        opening.check_run_folder(run, SETUP_FILES)
-    return _new_run(run, config, writes)
+    return opening.start(run, writes, fresh, lambda w: _resume(run, config, source, w),
+                         lambda w: _new_run(run, config, w), SETUP_FILES)
 
 
 def _resume(run, config, source, writes):

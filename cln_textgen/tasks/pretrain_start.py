@@ -30,20 +30,8 @@ def start_pretraining(config, source, fresh=False):
     """Open ``config.run_dir`` for pretraining: resume it or set up a new run."""
     run = PretrainDir(config.run_dir)
     writes = chief_by_tf_config(config.train.distribute)
-    if not writes:
-        return _open(run, config, source, writes=False)
-    task, lock, moved_to = opening.open_for_writing(
-        run, fresh, lambda: _open(run, config, source, writes=True))
-    task.lock, task.moved_to = lock, moved_to
-    return task
-
-
-def _open(run, config, source, writes):
-    if run.has_checkpoints():
-        return _resume(run, config, source, writes)
-    if writes:
-        opening.check_run_folder(run, SETUP_FILES)
-    return _new_run(run, config, writes)
+    return opening.start(run, writes, fresh, lambda w: _resume(run, config, source, w),
+                         lambda w: _new_run(run, config, w), SETUP_FILES)
 
 
 def data_paths(config):
