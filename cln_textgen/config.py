@@ -21,7 +21,23 @@ from cln_textgen.options import BY_NAME, GenerationOptions, check, contradiction
 
 
 @dataclasses.dataclass
-class NetworkSection:
+class DropoutSection:
+    """The dropout of a network, as every config that trains one chooses it."""
+
+    dropout: float = 0.1
+    attention_dropout: float | None = None  # None: same as dropout
+
+    def check_dropout(self, checks):
+        checks.rate("model.dropout", self.dropout)
+        checks.rate("model.attention_dropout", self.attention_dropout, allow_none=True)
+
+    @property
+    def attention_rate(self):
+        return self.dropout if self.attention_dropout is None else self.attention_dropout
+
+
+@dataclasses.dataclass
+class NetworkSection(DropoutSection):
     """The hyper-parameters of the network that a config chooses: declared once,
     here; ``model.json`` (:class:`cln_textgen.model.modeling.ModelConfig`) holds
     them beside the BERT's shape."""
@@ -32,8 +48,6 @@ class NetworkSection:
     label_dropout: float = 0.1
     label_embedding_size: int = 128
     cond_hidden_units: int | None = None  # project the label embedding first (None: no)
-    dropout: float = 0.1
-    attention_dropout: float | None = None  # None: same as dropout
 
 
 @dataclasses.dataclass
@@ -172,8 +186,7 @@ class Config(Schema):
         choice("model.init", m.init, ("pretrained", "random"))
         positive("model.label_embedding_size", m.label_embedding_size)
         positive("model.cond_hidden_units", m.cond_hidden_units, allow_none=True)
-        checks.rate("model.dropout", m.dropout)
-        checks.rate("model.attention_dropout", m.attention_dropout, allow_none=True)
+        m.check_dropout(checks)
         checks.rate("model.label_dropout", m.label_dropout)
         choice("data.format", d.format, ("auto", "tsv", "jsonl"))
         if d.max_length < 3:

@@ -9,11 +9,12 @@ new BERT trained from scratch.
 
 import dataclasses
 
-from cln_textgen.config import Checks, Schema, TrainSection, config_from_dict, load_config
+from cln_textgen.config import (Checks, DropoutSection, Schema, TrainSection, config_from_dict,
+                                load_config)
 
 
 @dataclasses.dataclass
-class PretrainModelSection:
+class PretrainModelSection(DropoutSection):
     pretrained: str = ""  # a Google or Hugging Face BERT to continue pretraining
     format: str = "auto"  # auto | google | hf
     vocab: str = ""  # a new BERT: its vocab.txt (with [PAD] [UNK] [CLS] [SEP] [MASK])
@@ -25,8 +26,6 @@ class PretrainModelSection:
     # A new BERT: attention heads per layer that start out looking at a
     # neighbour (previous, next, two back, ...); 0 is BERT's random start.
     local_heads: int = 0
-    dropout: float = 0.1
-    attention_dropout: float | None = None  # None: same as dropout
     lower_case: bool = True
 
 
@@ -70,13 +69,16 @@ class PretrainConfig(Schema):
             checks.fail("model.hidden", f"{m.hidden} is not a multiple of model.heads ({m.heads})")
         if not 0 <= m.local_heads < m.heads:
             checks.fail("model.local_heads", f"must be in [0, model.heads), got {m.local_heads}")
-        if m.local_heads and m.pretrained:
-            checks.fail("model.local_heads", "starts a new BERT's heads; a pretrained BERT keeps "
-                        "its own: set it to 0")
+        if m.pretrained:  # its shape is the checkpoint's: a shape key here would be ignored
+            default = PretrainModelSection()
+            for key in ("layers", "hidden", "heads", "intermediate", "max_position",
+                        "local_heads"):
+                if getattr(m, key) != getattr(default, key):
+                    checks.fail(f"model.{key}", "describes a new BERT; model.pretrained keeps "
+                                "its own shape and weights: remove it (or model.pretrained)")
         if m.local_heads and (m.hidden // m.heads) % 2:
             checks.fail("model.local_heads", "needs an even head size (model.hidden / model.heads)")
-        checks.rate("model.dropout", m.dropout)
-        checks.rate("model.attention_dropout", m.attention_dropout, allow_none=True)
+        m.check_dropout(checks)
         if d.max_length < 16 or d.max_length > m.max_position:
             checks.fail("data.max_length", f"must be from 16 to model.max_position "
                         f"({m.max_position}), got {d.max_length}")

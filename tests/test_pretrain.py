@@ -1,6 +1,9 @@
 """cln-textgen pretrain: masked-LM pretraining through the package's training loop."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -65,9 +68,17 @@ def pretrained_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_stopped_and_resumed_run_equals_unbroken_run(pretrained_run, tmp_path, capsys):
+def test_a_run_killed_and_resumed_equals_unbroken_run(pretrained_run, tmp_path, capsys):
     config = write_pretrain_task(tmp_path / "task")
-    assert pretrain(config, "--stop-at-step", "3") == 0
+    # kill -9 once step 5 is logged: ckpt-4 is saved, step 5 is lost and done again
+    process = subprocess.Popen([sys.executable, "-m", "cln_textgen", "pretrain", "--config",
+                                str(config), "--no-progress"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    for line in process.stdout:
+        if line.startswith("step 5:"):
+            process.send_signal(signal.SIGKILL)
+            break
+    assert process.wait() == -signal.SIGKILL
     assert not (tmp_path / "task" / "run" / "bert").exists()  # written once training ends
     assert pretrain(config) == 0
     assert "resuming from" in capsys.readouterr().out
@@ -99,9 +110,33 @@ def test_a_finished_run_trains_nothing_and_its_bert_fine_tunes(pretrained_run, t
     assert "(google format)" in out and "MLM head: loaded from the checkpoint" in out
 
 
+@pytest.mark.slow
+def test_pretraining_continues_a_pretrained_bert(tmp_path, capsys):
+    """Domain-adaptive pretraining: a Google BERT's own weights, vocabulary and
+    segments go on training on new text and come out as a Google BERT again."""
+    bert = write_tiny_task(tmp_path / "lm").parent / "bert"
+    config = write_pretrain_task(tmp_path / "task")
+    values = json.loads(config.read_text(encoding="utf-8"))
+    values["model"] = {"pretrained": str(bert), "dropout": 0.0}
+    values["train"]["max_steps"] = 3
+    config.write_text(json.dumps(values), encoding="utf-8")
+    assert pretrain(config) == 0
+    assert f"continuing {bert}" in capsys.readouterr().out
+    start, after = weights(bert), weights(tmp_path / "task" / "run" / "bert")
+    assert set(after) == set(start) - {"bert/pooler/dense/kernel", "bert/pooler/dense/bias"}
+    for name in after:
+        assert after[name].shape == start[name].shape
+    moved = [n for n in after if not np.array_equal(after[n], start[n])]
+    assert "bert/embeddings/token_type_embeddings" in moved and "cls/predictions/output_bias" in moved
+    # near the start, not a new random BERT: 3 small steps from it
+    assert np.abs(after["bert/embeddings/word_embeddings"]
+                  - start["bert/embeddings/word_embeddings"]).max() < 0.05
+
+
 @pytest.mark.parametrize("change,message", [
     ({"model": {"pretrained": "x"}}, "model.vocab: give model.pretrained"),
     ({"model": {"local_heads": 2}}, "model.local_heads: must be in [0, model.heads)"),
+    ({"model": {"vocab": "", "pretrained": "x"}}, "model.layers: describes a new BERT"),
     ({"data": {"corpus": []}}, "data.corpus: no text files"),
     ({"data": {"corpus": ["missing.txt"]}}, "missing.txt: data file not found"),
     ({"data": {"max_length": 100}}, "data.max_length: must be from 16 to model.max_position"),

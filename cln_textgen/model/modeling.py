@@ -77,8 +77,7 @@ class ModelConfig(NetworkSection, BertShape):
     def from_section(cls, bert_config, section, num_labels, vocab_size, seed):
         """The model a config's ``model:`` section asks of a pretrained BERT's config."""
         chosen = {f.name: getattr(section, f.name) for f in dataclasses.fields(NetworkSection)}
-        if chosen["attention_dropout"] is None:
-            chosen["attention_dropout"] = chosen["dropout"]
+        chosen["attention_dropout"] = section.attention_rate
         return cls(**cls.shape_from_google(bert_config, vocab_size), **chosen,
                    num_labels=num_labels, seed=seed,
                    type_vocab_size=bert_config.get("type_vocab_size", 2))

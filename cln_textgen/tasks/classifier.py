@@ -173,9 +173,7 @@ def _start(config, folder, say):
     model_config = ClassifierConfig(
         **BertShape.shape_from_google(pretrained.config, len(token_dict)),
         num_labels=len(labels), max_length=config.data.max_length, lower_case=m.lower_case,
-        dropout=m.dropout,
-        attention_dropout=m.dropout if m.attention_dropout is None else m.attention_dropout,
-        seed=config.train.seed)
+        dropout=m.dropout, attention_dropout=m.attention_rate, seed=config.train.seed)
     check_max_length(config, model_config.max_position)
     schedule = dataclasses.replace(config.train, learning_rate=config.classifier.learning_rate,
                                    epochs=config.classifier.epochs)

@@ -86,8 +86,7 @@ def _new_run(run, config, writes):
         raise UserError(f"{where}: lacks {', '.join(missing)}; masked-LM pretraining needs "
                         f"{' '.join(SPECIAL_TOKENS)} in the vocabulary")
     network = dict(conditional=False, label_dropout=0.0, num_labels=0, dropout=m.dropout,
-                   attention_dropout=m.dropout if m.attention_dropout is None
-                   else m.attention_dropout)
+                   attention_dropout=m.attention_rate)
     model_config = ModelConfig(**ModelConfig.shape_from_google(bert_config, len(token_dict)),
                                **network, seed=config.train.seed,
                                type_vocab_size=bert_config.get("type_vocab_size", 2))
