@@ -78,6 +78,7 @@ class TrainSection:
     max_steps: int | None = None  # stop after this many optimizer steps in all
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
+    adam_epsilon: float = 1e-7  # AdamW's epsilon (BERT's own pretraining used 1e-6)
     warmup_ratio: float = 0.06
     clip_norm: float | None = 1.0
     seed: int = 42
@@ -100,6 +101,7 @@ class TrainSection:
         for key in ("max_steps", "eval_every_steps", "patience", "batch_tokens", "clip_norm"):
             checks.positive(f"train.{key}", getattr(self, key), allow_none=True)
         checks.positive("train.learning_rate", self.learning_rate)
+        checks.positive("train.adam_epsilon", self.adam_epsilon)
         if self.weight_decay < 0:
             checks.fail("train.weight_decay", f"must be >= 0, got {self.weight_decay}")
         if not 0 <= self.warmup_ratio < 1:

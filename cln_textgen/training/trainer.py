@@ -78,7 +78,8 @@ class Trainer:
             self.plan = SchedulePlan(self.total_steps, round(train.warmup_ratio * self.total_steps))
             self.schedule = self.plan.schedule(train.learning_rate)
             adamw = keras.optimizers.AdamW(learning_rate=self.schedule,
-                                           weight_decay=train.weight_decay)
+                                           weight_decay=train.weight_decay,
+                                           epsilon=train.adam_epsilon)
             adamw.exclude_from_weight_decay(var_names=list(NO_DECAY))
             # The loss scale of mixed_float16 exists in every run, used or not:
             # checkpoints then have one layout whatever train.mixed_precision
