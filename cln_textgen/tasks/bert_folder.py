@@ -155,12 +155,14 @@ def model_card(f):
         local_heads=(f"The first {local} attention heads of every layer started out looking at "
                      "a neighbour (offsets " + ", ".join(f"{o:+d}" for o in
                                                         neighbour_offsets(local))
-                     + "; `model.local_heads`). ") if local else "",
+                     + "; `model.local_heads`).") if local else "",
         learning_rate=t["learning_rate"], weight_decay=t["weight_decay"],
+        adam_epsilon=t["adam_epsilon"],
         warmup_steps=f["warmup_steps"],
         clip_norm=t["clip_norm"], dropout=c["model"]["dropout"], seed=t["seed"],
         minutes=f["train_minutes"], machine=f["machine"],
-        corpus_rows="\n".join(f"| `{path}` | {corpus['texts'][f'corpus[{i}]']} | |"
+        corpus_rows="\n".join(f"| `{path}` | {corpus['texts'][f'corpus[{i}]']} | "
+                              f"{corpus['file_tokens'][f'corpus[{i}]']} |"
                               for i, path in enumerate(d["corpus"]))
         + f"\n| all training texts | {corpus['train_texts']} | {corpus['train_tokens']} |",
         held_out_sources=(", ".join(f"`{p}`" for p in d["held_out"]) if d["held_out"] else

@@ -124,19 +124,24 @@ def _read_text(run, config, model_config, tokenizer, resumed):
         held = {"held_out": held_texts} if held_texts else {}
     # A held-out text must not reach training through any corpus file.
     excluded = {t for pieces in held.values() for t in pieces}
-    train = [t for t in corpus if t not in excluded]
-    if not train:
+    kept = set(corpus) - excluded
+    budget = d.max_length - 2
+    train_ids = {key: [tokenizer.ids(t) for t in texts[key] if t in kept]
+                 for key in texts if key.startswith("corpus")}
+    train_pieces = text_corpus.pieces([ids for key in train_ids for ids in train_ids[key]],
+                                      budget)
+    if not train_pieces:
         raise UserError("data.corpus: no training text is left once the held-out texts are "
                         "taken out; add text or lower data.held_out_fraction")
-    budget = d.max_length - 2
-    train_pieces = text_corpus.pieces([tokenizer.ids(t) for t in train], budget)
     token_ids, segment_ids = text_corpus.pack_rows(train_pieces, d.max_length, tokenizer.cls_id,
                                                    tokenizer.sep_id, tokenizer.pad_id)
     held_pieces = {name: [p for p in text_corpus.pieces([tokenizer.ids(t) for t in held_texts],
                                                        budget) if p]
                    for name, held_texts in held.items()}
     stats = {"texts": {key: len(value) for key, value in texts.items()},
-             "train_texts": len(train), "train_tokens": sum(len(p) for p in train_pieces),
+             "train_texts": sum(len(v) for v in train_ids.values()),
+             "train_tokens": sum(len(p) for p in train_pieces),
+             "file_tokens": {key: sum(map(len, v)) for key, v in train_ids.items()},
              "rows": len(token_ids), "density": float((token_ids != tokenizer.pad_id).mean()),
              "held_out": {name: {"texts": len(held[name]), "pieces": len(held_pieces[name])}
                           for name in held}}
