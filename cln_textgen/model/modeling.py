@@ -18,13 +18,10 @@ segment input of BERT is dropped: a left-to-right LM uses segment 0 only, so
 
 import dataclasses
 import json
-import re
-import types
 from pathlib import Path
 
 from cln_textgen.backend import bert4keras, keras, tf
 from cln_textgen.config import NetworkSection
-from cln_textgen.errors import UserError
 from cln_textgen.model.layers import (ConditionalLayerNormalization, DropoutSeed,
                                       SeededAttention, SeededDropout, SeededTruncatedNormal)
 
