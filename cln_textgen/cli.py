@@ -13,7 +13,7 @@ import sys
 from cln_textgen import __version__
 from cln_textgen.errors import UserError
 
-COMMANDS = ("prepare", "train", "generate", "classifier", "evaluate", "serve", "export", "runs",
+COMMANDS = ("prepare", "train", "pretrain", "generate", "classifier", "evaluate", "serve", "export", "runs",
             "show")
 
 

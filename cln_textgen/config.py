@@ -16,22 +16,45 @@ from pathlib import Path
 import yaml
 
 from cln_textgen.errors import UserError
+from cln_textgen.strict_yaml import short, yaml_data, yaml_with_lines
 from cln_textgen.options import BY_NAME, GenerationOptions, check, contradiction
 
 
 @dataclasses.dataclass
-class ModelSection:
-    pretrained: str = ""  # directory of a Google or Hugging Face BERT
-    format: str = "auto"  # auto | google | hf
-    init: str = "pretrained"  # pretrained | random: seeded random weights of its config (a baseline)
+class DropoutSection:
+    """The dropout of a network, as every config that trains one chooses it."""
+
+    dropout: float = 0.1
+    attention_dropout: float | None = None  # None: same as dropout
+
+    def check_dropout(self, checks):
+        checks.rate("model.dropout", self.dropout)
+        checks.rate("model.attention_dropout", self.attention_dropout, allow_none=True)
+
+    @property
+    def attention_rate(self):
+        return self.dropout if self.attention_dropout is None else self.attention_dropout
+
+
+@dataclasses.dataclass
+class NetworkSection(DropoutSection):
+    """The hyper-parameters of the network that a config chooses: declared once,
+    here; ``model.json`` (:class:`cln_textgen.model.modeling.ModelConfig`) holds
+    them beside the BERT's shape."""
+
     conditional: bool = True  # false: a plain LM that ignores the label (a baseline)
     # Share of training rows given a reserved null condition instead of their
     # label, so the run can also generate unconditionally: what guidance needs.
     label_dropout: float = 0.1
     label_embedding_size: int = 128
     cond_hidden_units: int | None = None  # project the label embedding first (None: no)
-    dropout: float = 0.1
-    attention_dropout: float | None = None  # None: same as dropout
+
+
+@dataclasses.dataclass
+class ModelSection(NetworkSection):
+    pretrained: str = ""  # directory of a Google or Hugging Face BERT
+    format: str = "auto"  # auto | google | hf
+    init: str = "pretrained"  # pretrained | random: seeded random weights of its config (a baseline)
     simplified_vocab: bool = False  # drop vocab entries text can never produce
     lower_case: bool = True  # must match how the BERT was trained
 
@@ -48,11 +71,14 @@ class DataSection:
 
 @dataclasses.dataclass
 class TrainSection:
+    """The training loop's settings, the same for every task."""
+
     batch_size: int = 32
     epochs: int = 3
     max_steps: int | None = None  # stop after this many optimizer steps in all
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
+    adam_epsilon: float = 1e-7  # AdamW's epsilon (BERT's own pretraining used 1e-6)
     warmup_ratio: float = 0.06
     clip_norm: float | None = 1.0
     seed: int = 42
@@ -61,13 +87,35 @@ class TrainSection:
     eval_every_steps: int | None = None  # None: evaluate at epoch ends only
     patience: int | None = None  # early stopping: evaluations without improvement
     log_every_steps: int = 10
-    samples_per_label: int = 3  # samples shown and saved at each evaluation
     batch_tokens: int | None = None  # token budget per batch instead of a row count
     bucket_by_length: bool = True
     accumulate_steps: int = 1
     jit_compile: bool = False
     mixed_precision: str = "none"  # none | mixed_float16 | mixed_bfloat16
     distribute: str = "none"  # none | mirrored | multi_worker
+
+    def check(self, checks):
+        for key in ("batch_size", "epochs", "keep_checkpoints", "log_every_steps",
+                    "accumulate_steps"):
+            checks.positive(f"train.{key}", getattr(self, key))
+        for key in ("max_steps", "eval_every_steps", "patience", "batch_tokens", "clip_norm"):
+            checks.positive(f"train.{key}", getattr(self, key), allow_none=True)
+        checks.positive("train.learning_rate", self.learning_rate)
+        checks.positive("train.adam_epsilon", self.adam_epsilon)
+        if self.weight_decay < 0:
+            checks.fail("train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_ratio < 1:
+            checks.fail("train.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if self.save_every_steps < 0:
+            checks.fail("train.save_every_steps", "must be >= 0 (0: save at epoch ends only)")
+        checks.choice("train.mixed_precision", self.mixed_precision,
+                      ("none", "mixed_float16", "mixed_bfloat16"))
+        checks.choice("train.distribute", self.distribute, ("none", "mirrored", "multi_worker"))
+
+
+@dataclasses.dataclass
+class LMTrainSection(TrainSection):
+    samples_per_label: int = 3  # samples shown and saved at each evaluation
 
 
 # The generate: section is the table of generation options (cln_textgen.options).
@@ -83,14 +131,34 @@ class ClassifierSection:
     epochs: int = 3
 
 
-@dataclasses.dataclass
-class Config:
-    run_dir: str = "runs/default"
-    model: ModelSection = dataclasses.field(default_factory=ModelSection)
-    data: DataSection = dataclasses.field(default_factory=DataSection)
-    train: TrainSection = dataclasses.field(default_factory=TrainSection)
-    generate: GenerateSection = dataclasses.field(default_factory=GenerateSection)
-    classifier: ClassifierSection = dataclasses.field(default_factory=ClassifierSection)
+class Checks:
+    """The value checks of ``validate``: each failure is one line naming the key."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def fail(self, key, message):
+        raise UserError(f"{self.source}: {key}: {message}")
+
+    def choice(self, key, value, options):
+        if value not in options:
+            self.fail(key, f"{short(value)} is not one of {', '.join(options)}")
+
+    def positive(self, key, value, allow_none=False):
+        if value is None and allow_none:
+            return
+        if value is None or value <= 0:
+            self.fail(key, f"must be > 0, got {value!r}")
+
+    def rate(self, key, value, allow_none=False):
+        if value is None and allow_none:
+            return
+        if value is None or not 0 <= value < 1:
+            self.fail(key, f"must be in [0, 1), got {value!r}")
+
+
+class Schema:
+    """A root config: dumps itself as the run's ``config.yaml``."""
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -98,20 +166,21 @@ class Config:
     def to_yaml(self):
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
+
+@dataclasses.dataclass
+class Config(Schema):
+    """The config of ``train`` (and ``classifier train``, ``evaluate``)."""
+
+    run_dir: str = "runs/default"
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    train: LMTrainSection = dataclasses.field(default_factory=LMTrainSection)
+    generate: GenerateSection = dataclasses.field(default_factory=GenerateSection)
+    classifier: ClassifierSection = dataclasses.field(default_factory=ClassifierSection)
+
     def validate(self, source="config"):
-        def fail(key, message):
-            raise UserError(f"{source}: {key}: {message}")
-
-        def choice(key, value, options):
-            if value not in options:
-                fail(key, f"{short(value)} is not one of {', '.join(options)}")
-
-        def positive(key, value, allow_none=False):
-            if value is None and allow_none:
-                return
-            if value is None or value <= 0:
-                fail(key, f"must be > 0, got {value!r}")
-
+        checks = Checks(source)
+        fail, choice, positive = checks.fail, checks.choice, checks.positive
         m, d, t, g = self.model, self.data, self.train, self.generate
         if not self.run_dir:
             fail("run_dir", "must name the run folder")
@@ -119,10 +188,8 @@ class Config:
         choice("model.init", m.init, ("pretrained", "random"))
         positive("model.label_embedding_size", m.label_embedding_size)
         positive("model.cond_hidden_units", m.cond_hidden_units, allow_none=True)
-        for key, rate in (("model.dropout", m.dropout), ("model.attention_dropout", m.attention_dropout),
-                          ("model.label_dropout", m.label_dropout)):
-            if rate is not None and not 0 <= rate < 1:
-                fail(key, f"must be in [0, 1), got {rate!r}")
+        m.check_dropout(checks)
+        checks.rate("model.label_dropout", m.label_dropout)
         choice("data.format", d.format, ("auto", "tsv", "jsonl"))
         if d.max_length < 3:
             fail("data.max_length", f"must be >= 3 ([CLS], one token, [SEP]), got {d.max_length}")
@@ -131,22 +198,9 @@ class Config:
                 fail("data.labels", "must list at least one label (or be null)")
             if len(set(d.labels)) != len(d.labels):
                 fail("data.labels", "lists a label twice")
-        for key in ("batch_size", "epochs", "keep_checkpoints", "log_every_steps",
-                    "accumulate_steps"):
-            positive(f"train.{key}", getattr(t, key))
-        for key in ("max_steps", "eval_every_steps", "patience", "batch_tokens", "clip_norm"):
-            positive(f"train.{key}", getattr(t, key), allow_none=True)
-        positive("train.learning_rate", t.learning_rate)
-        if t.weight_decay < 0:
-            fail("train.weight_decay", f"must be >= 0, got {t.weight_decay}")
-        if not 0 <= t.warmup_ratio < 1:
-            fail("train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}")
-        if t.save_every_steps < 0:
-            fail("train.save_every_steps", "must be >= 0 (0: save at epoch ends only)")
+        t.check(checks)
         if t.samples_per_label < 0:
             fail("train.samples_per_label", "must be >= 0")
-        choice("train.mixed_precision", t.mixed_precision, ("none", "mixed_float16", "mixed_bfloat16"))
-        choice("train.distribute", t.distribute, ("none", "mirrored", "multi_worker"))
         for name in BY_NAME:
             broken = check(name, getattr(g, name))
             if broken:
@@ -253,91 +307,6 @@ def _set(obj, dotted, value, where):
         raise UserError(f"{where}: {prefix + last} must be {_type_name(tp)}, got {short(value)}") from None
 
 
-# A config is a few dozen keys.  Aliases are refused outright: a few lines of
-# nested aliases expand to gigabytes ("billion laughs") and a recursive one
-# never ends; the node limit bounds the memory of everything else.
-MAX_YAML_NODES = 10_000
-MAX_YAML_BYTES = 1 << 20
-
-
-def short(value, limit=80, quote=True):
-    """``repr(value)`` (or the text itself, ``quote=False``) on one line and cut
-    to ``limit`` characters, for messages: a value may be a megabyte long."""
-    text = repr(value) if quote else str(value)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases and documents of more than MAX_YAML_NODES nodes."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._nodes = 0
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, f"aliases (*{event.anchor}) are not allowed; write the value out",
-                event.start_mark)
-        self._nodes += 1
-        if self._nodes > MAX_YAML_NODES:
-            raise yaml.composer.ComposerError(
-                None, None, f"more than {MAX_YAML_NODES} values; a config is much smaller",
-                self.peek_event().start_mark)
-        return super().compose_node(parent, index)
-
-
-def _yaml_error(e, source):
-    mark = getattr(e, "problem_mark", None)
-    line = f":{mark.line + 1}" if mark else ""
-    problem = getattr(e, "problem", None) or str(e)
-    return UserError(f"{source}{line}: invalid YAML ({short(problem, 200, quote=False)})")
-
-
-def _compose(text, source):
-    """The YAML node tree and its Python value, or one-line errors."""
-    if len(text) > MAX_YAML_BYTES:
-        raise UserError(f"{source}: {len(text)} characters; a config is much smaller (is this "
-                        "the right file?)")
-    loader = _StrictLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as e:
-        raise _yaml_error(e, source) from None
-    except RecursionError:
-        raise UserError(f"{source}: nested too deeply; a config is a few levels deep") from None
-    finally:
-        loader.dispose()
-    return node, data
-
-
-def yaml_data(text, source):
-    """Safe, bounded YAML loading for everything the project reads as YAML."""
-    return _compose(text, source)[1]
-
-
-def _load_yaml_with_lines(text, path):
-    node, data = _compose(text, path)
-    if node is None:
-        return {}, {}
-    if not isinstance(node, yaml.MappingNode):
-        raise UserError(f"{path}: the top level must be a mapping of config keys")
-    lines = {}
-
-    def walk(mapping, prefix):
-        for key_node, value_node in mapping.value:
-            key = prefix + str(key_node.value)
-            lines[key] = key_node.start_mark.line + 1
-            if isinstance(value_node, yaml.MappingNode):
-                walk(value_node, key + ".")
-
-    walk(node, "")
-    return data, lines
-
-
 def _flatten(data, prefix=""):
     for key, value in data.items():
         if isinstance(value, dict) and value:
@@ -360,9 +329,10 @@ def parse_override(text):
     return key.strip(), value
 
 
-def load_config(path=None, overrides=(), base=None):
-    """Defaults (or ``base``) -> YAML file -> ``--set`` overrides, then validated."""
-    config = base if base is not None else Config()
+def load_config(path=None, overrides=(), base=None, schema=Config):
+    """Defaults of ``schema`` (or ``base``) -> YAML file -> ``--set`` overrides,
+    then validated."""
+    config = base if base is not None else schema()
     source = "config"
     if path is not None:
         path = Path(path)
@@ -373,7 +343,7 @@ def load_config(path=None, overrides=(), base=None):
             raise UserError(f"{path}: config file not found") from None
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"{path}: cannot read the config ({e})") from None
-        data, lines = _load_yaml_with_lines(text, path)
+        data, lines = yaml_with_lines(text, path)
         for key, value in _flatten(data):
             _set(config, key, value, f"{path}:{lines.get(key, '?')}")
     for text in overrides:
@@ -382,9 +352,9 @@ def load_config(path=None, overrides=(), base=None):
     return config.validate(source)
 
 
-def config_from_dict(data, source):
+def config_from_dict(data, source, schema=Config):
     """A config saved by a run (all keys present) back into dataclasses."""
-    config = Config()
+    config = schema()
     for key, value in _flatten(data):
         _set(config, key, value, source)
     return config.validate(source)

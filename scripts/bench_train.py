@@ -152,7 +152,7 @@ def trainer_setup(variant, spec):
     from cln_textgen.data.examples import EncodedSet
     from cln_textgen.model.modeling import ModelConfig
     from cln_textgen.runs.folder import RunDir
-    from cln_textgen.training.start import RunSetup
+    from cln_textgen.tasks.lm import LanguageModelTask
     from cln_textgen.model.tokenization import TextTokenizer
     from cln_textgen.training.trainer import Trainer
 
@@ -173,9 +173,10 @@ def trainer_setup(variant, spec):
         t.mixed_precision = "mixed_bfloat16"
     model_config = ModelConfig(**spec["sizes"], num_labels=len(spec["labels"]))
     encoded = EncodedSet(spec["token_ids"], spec["label_ids"])
-    setup = RunSetup(RunDir(config.run_dir), config, model_config,
-                     TextTokenizer(spec["token_dict"]), spec["labels"],
-                     Split("train", spec["source"], encoded, len(encoded), 0), None, False)
+    setup = LanguageModelTask(RunDir(config.run_dir), config, model_config,
+                              TextTokenizer(spec["token_dict"]), spec["labels"],
+                              Split("train", spec["source"], encoded, len(encoded), 0), None,
+                              False)
     trainer = Trainer(setup, progress=False)
 
     def run(groups):

@@ -12,26 +12,32 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "cln_textgen"
 MAX_LINES = 400
 
-BOTTOM = {"config", "errors", "backend"}
+BOTTOM = {"config", "errors", "backend", "strict_yaml"}
 BASE = {"model", "data", "runs"} | BOTTOM
 # What each part of the package may import besides itself.  "root" is
 # cln_textgen/__init__.py (its public names load lazily, by name, not by import).
 ALLOWED = {
     "backend": {"errors"},  # a missing package is a UserError
     "errors": set(),
-    "config": {"errors"},
+    "strict_yaml": {"errors"},  # the one safe YAML reader of config and runs
+    "config": {"errors", "strict_yaml"},
+    "pretrain_config": {"config", "errors", "strict_yaml"},
     "options": {"errors"},
     # model and data sit side by side; the run folder checks its files with both
     "model": BOTTOM,
     "data": BOTTOM,
-    "runs": BOTTOM | {"model", "data"},
+    "runs": BOTTOM | {"model", "data", "pretrain_config"},
     "generation": BASE,
-    "training": BASE | {"generation"},  # samples at each evaluation
-    "evaluation": BASE | {"generation", "training"},  # the scorer, the planned steps
+    "training": BASE,  # the loop knows no task: no labels, no texts, no sampling
+    "evaluation": BASE | {"generation"},  # generated texts judged; perplexity is its own
+    # the conditional LM, the classifier and pretraining: what each learns, trained by
+    # training/'s loop, evaluated with evaluation/'s figures, sampled with generation/
+    "tasks": BASE | {"training", "evaluation", "generation", "pretrain_config"},
     "serving": BASE | {"generation"},  # HTTP in front of a loaded generator
     # the decoder's forward pass and choices in a SavedModel; the root for __version__
     "export": BASE | {"generation", "root"},
-    "commands": BASE | {"generation", "training", "evaluation", "serving", "export"},
+    "commands": BASE | {"generation", "training", "evaluation", "serving", "export", "tasks",
+                        "pretrain_config"},
     "cli": {"root", "errors", "commands"},
     "__main__": {"cli"},
     "root": set(),
@@ -117,14 +123,17 @@ def test_leaves_import_nothing_but_errors():
 
 
 def test_the_checker_sees_imports_and_refuses_backward_ones():
-    assert {"data.batching", "training.distribute", "backend", "model.modeling"} <= \
-        package_imports(PACKAGE / "training" / "step.py")
+    assert {"training.distribute", "backend"} <= package_imports(PACKAGE / "training" / "step.py")
+    assert {"data.batching", "evaluation.perplexity", "model.modeling"} <= \
+        package_imports(PACKAGE / "tasks" / "lm.py")
     # __version__ from the root; SIGTERM as Ctrl-C for every command
     assert package_imports(PACKAGE / "cli.py") == {"", "errors", "training.interrupts"}
     assert backward_imports("model.modeling", {"training.step", "backend"}) == ["training.step"]
     assert backward_imports("generation.generate", {"training.trainer"}) == ["training.trainer"]
     assert backward_imports("data.batching", {"model.tokenization"}) == ["model.tokenization"]
-    assert backward_imports("training.trainer", {"generation.generate", "runs.folder"}) == []
+    assert backward_imports("training.trainer", {"generation.generate"}) == ["generation.generate"]
+    assert backward_imports("evaluation.evaluate", {"training.step"}) == ["training.step"]
+    assert backward_imports("tasks.lm", {"generation.generate", "training.trainer"}) == []
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))

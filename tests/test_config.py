@@ -86,10 +86,12 @@ def test_saved_config_round_trips(tmp_path):
 def test_example_configs_load():
     from pathlib import Path
 
+    from cln_textgen.pretrain_config import load_pretrain_config
+
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
     assert configs, "configs/ holds the example configs"
-    for path in configs:
-        load_config(path)
+    for path in configs:  # pretrain_*.yaml: configs of `cln-textgen pretrain`
+        (load_pretrain_config if path.name.startswith("pretrain_") else load_config)(path)
 
 
 def test_the_classifier_has_its_own_strict_section(tmp_path):

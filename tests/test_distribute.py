@@ -31,7 +31,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import numpy as np
 from cln_textgen.cli import main
 from cln_textgen.config import load_config
-from cln_textgen.training.start import start_run
+from cln_textgen.tasks.lm_start import start_run
 from cln_textgen.training.trainer import Trainer
 
 config, tmp = sys.argv[1:3]
@@ -65,7 +65,7 @@ import sys
 sys.path[:0] = [{repo!r}, {tests!r}]
 import numpy as np
 from cln_textgen.config import load_config
-from cln_textgen.training.start import start_run
+from cln_textgen.tasks.lm_start import start_run
 from cln_textgen.training.trainer import Trainer
 
 config, run_dir, steps, out = sys.argv[1:5]

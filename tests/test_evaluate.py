@@ -221,7 +221,7 @@ def test_the_classifier_loss_counts_real_rows_only():
 
     from cln_textgen.data import batching
     from cln_textgen.evaluation.classifier import ClassifierConfig, build_classifier
-    from cln_textgen.evaluation.classifier_training import ClassifierTask, LabelLoss
+    from cln_textgen.tasks.classifier import ClassifierTask, LabelLoss
 
     config = ClassifierConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1,
                               num_attention_heads=2, intermediate_size=32, hidden_act="gelu",
@@ -235,7 +235,7 @@ def test_the_classifier_loss_counts_real_rows_only():
     assert float(loss(*filled)) == pytest.approx(float(loss(*plain)), rel=1e-6)
     assert float(loss(*plain)) > 0
     task = types.SimpleNamespace(tokenizer=types.SimpleNamespace(pad_id=0))
-    assert ClassifierTask.count_targets(task, filled[0]) == 3
+    assert ClassifierTask.count_targets(task, filled) == 3
 
 
 @pytest.mark.slow

@@ -181,7 +181,7 @@ def test_generate_gives_the_clis_texts(generator, loaded, index):
 
 @pytest.mark.slow
 def test_score_is_the_training_log_likelihood(generator, loaded):
-    from cln_textgen.training.step import make_scorer
+    from cln_textgen.evaluation.perplexity import make_scorer
 
     texts = score_texts(generator)
     scorer = make_scorer(generator.model, generator.tokenizer.pad_id, batch_size=8)

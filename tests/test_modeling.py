@@ -5,10 +5,10 @@ import pytest
 
 from cln_textgen.backend import bert4keras, keras
 from cln_textgen.model.layers import ConditionalLayerNormalization
-from cln_textgen.model.modeling import (ModelConfig, build_model, conditional_layers,
-                                        load_bert_weights, model_parts)
+from cln_textgen.model.bert_weights import load_bert_weights
+from cln_textgen.model.modeling import ModelConfig, build_model, conditional_layers, model_parts
 from cln_textgen.model.pretrained import open_pretrained
-from cln_textgen.training.start import model_config_for
+from cln_textgen.tasks.lm_start import model_config_for
 from cln_textgen.config import Config
 
 TOKENS = np.array([[2, 5, 6, 7, 8, 9, 3], [2, 10, 11, 3, 0, 0, 0]], dtype=np.int32)

@@ -7,9 +7,10 @@ import pytest
 
 import bert_fixtures as bf
 from cln_textgen.errors import UserError
-from cln_textgen.model.modeling import build_model, load_bert_weights
+from cln_textgen.model.bert_weights import load_bert_weights
+from cln_textgen.model.modeling import build_model
 from cln_textgen.model.pretrained import open_pretrained
-from cln_textgen.training.start import model_config_for
+from cln_textgen.tasks.lm_start import model_config_for
 from cln_textgen.config import Config
 from cln_textgen.model.tokenization import TextTokenizer, read_vocab, simplify_vocab
 

@@ -96,7 +96,7 @@ def test_a_new_run_says_whether_the_mlm_head_was_loaded(tmp_path, capsys):
 
 def test_model_init_random_draws_seeded_weights_instead_of_the_checkpoints(tmp_path, capsys):
     from cln_textgen.config import load_config
-    from cln_textgen.training.start import start_run
+    from cln_textgen.tasks.lm_start import start_run
     from cln_textgen.training.trainer import Trainer
 
     config = write_tiny_task(tmp_path / "task", train_lines=16, valid_lines=0)
@@ -225,8 +225,8 @@ def test_early_stopping_keeps_the_best(tmp_path, capsys, monkeypatch):
     losses = iter([2.0, 2.5, 3.0, 3.5])
     original = training.Trainer.evaluate
 
-    def worsening(self, split):
-        result = original(self, split)
+    def worsening(self):
+        result = original(self)
         result.loss = next(losses)
         return result
 

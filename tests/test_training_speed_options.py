@@ -35,7 +35,8 @@ def one_step(model, batches, accumulate_steps=1, jit_compile=False):
     """One SGD step (plain: Adam would magnify float noise in tiny gradients)."""
     from cln_textgen.backend import keras, tf
     from cln_textgen.model.layers import DropoutSeed
-    from cln_textgen.training.step import NextTokenLoss, TrainStep
+    from cln_textgen.tasks.lm import NextTokenLoss
+    from cln_textgen.training.step import TrainStep
 
     optimizer = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.SGD(learning_rate=0.5))
     step = TrainStep(model, optimizer, tf.distribute.get_strategy(), DropoutSeed(0),
@@ -115,7 +116,7 @@ def test_mixed_precision_keeps_norms_and_logits_float32(policy):
 
 def trainer_for(config, run_dir, *sets):
     from cln_textgen.config import load_config
-    from cln_textgen.training.start import start_run
+    from cln_textgen.tasks.lm_start import start_run
     from cln_textgen.training.trainer import Trainer
 
     overrides = [f"run_dir={run_dir}", "train.samples_per_label=0", *sets]
@@ -140,16 +141,16 @@ def test_float16_loss_scale_is_checkpointed_and_precision_may_change_on_resume(t
     run = tmp_path / "run"
     first = trainer_for(config, run)
     first.fit(stop_at_step=1)
-    first.setup.lock.release()  # one writer at a time, as separate commands would be
+    first.task.lock.release()  # one writer at a time, as separate commands would be
     # float32 -> float16: the checkpoint has no loss scale; a fresh one starts
     fresh = trainer_for(config, run, "train.mixed_precision=mixed_float16")
     fresh.fit(stop_at_step=2)
-    fresh.setup.lock.release()
+    fresh.task.lock.release()
     assert int(fresh.stepper.optimizer.dynamic_counter.numpy()) == 1  # one finite step
     # float16 -> float16: the loss scale comes back from the checkpoint
     resumed = trainer_for(config, run, "train.mixed_precision=mixed_float16")
     resumed.fit(stop_at_step=3)
-    resumed.setup.lock.release()
+    resumed.task.lock.release()
     assert int(resumed.stepper.optimizer.dynamic_counter.numpy()) == 2
     # float16 -> float32: the checkpoint's loss scale is left unused
     assert trainer_for(config, run).step == 3

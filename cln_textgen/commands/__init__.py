@@ -10,6 +10,33 @@ def add_config_args(parser):
                         help="override a config key, e.g. --set train.batch_size=16 (repeatable)")
 
 
+def add_training_args(parser):
+    """The config and the flags of the commands that train a run (train, pretrain)."""
+    add_config_args(parser)
+    parser.add_argument("--stop-at-step", type=int, metavar="N",
+                        help="save and stop once N optimizer steps are done (resume later)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new run even if run_dir is in use: the old folder is "
+                             "moved aside to RUN_DIR.old-TIME (nothing is deleted)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the merged config (defaults, file, --set) and exit")
+
+
+def training_config(args, load, example):
+    """The merged config of ``--config`` and ``--set`` (``load(path, overrides)``),
+    or None once printed for ``--print-config``."""
+    from cln_textgen.errors import UserError
+
+    if args.config is None and not args.overrides:
+        raise UserError(f"--config: give a YAML config (see configs/), e.g. --config {example}")
+    config = load(args.config, args.overrides)
+    if args.print_config:
+        sys.stdout.write(config.to_yaml())
+        return None
+    return config
+
+
 def add_checkpoint_arg(parser):
     """``--checkpoint`` of the commands that load one checkpoint of a run."""
     parser.add_argument("--checkpoint", default="best", metavar="WHICH",

@@ -40,7 +40,7 @@ def run_train(args):
     config = load_config(args.config, args.overrides)
 
     from cln_textgen.evaluation.classifier import default_dir
-    from cln_textgen.evaluation.classifier_training import train_classifier
+    from cln_textgen.tasks.classifier import train_classifier
     from cln_textgen.runs.lock import lock_folder
     from cln_textgen.training.failures import SaveFailed
     from cln_textgen.training.trainer import TrainingDiverged, TrainingInterrupted

@@ -3,8 +3,7 @@
 import sys
 import time
 
-from cln_textgen.commands import add_config_args, say, training_stopped
-from cln_textgen.errors import UserError
+from cln_textgen.commands import add_training_args, say, training_config, training_stopped
 
 
 def register(sub):
@@ -12,31 +11,20 @@ def register(sub):
                        description="Train into run_dir. If run_dir already holds checkpoints, "
                                    "training resumes from the newest one that reads back; a "
                                    "run folder is never deleted or overwritten.")
-    add_config_args(p)
-    p.add_argument("--stop-at-step", type=int, metavar="N",
-                   help="save and stop once N optimizer steps are done (resume later)")
-    p.add_argument("--fresh", action="store_true",
-                   help="start a new run even if run_dir is in use: the old folder is moved "
-                        "aside to RUN_DIR.old-TIME (nothing is deleted)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the merged config (defaults, file, --set) and exit")
+    add_training_args(p)
     p.set_defaults(func=run)
 
 
 def run(args):
     from cln_textgen.config import load_config
 
-    if args.config is None and not args.overrides:
-        raise UserError("--config: give a YAML config (see configs/), e.g. --config configs/tiny.yaml")
-    config = load_config(args.config, args.overrides)
-    if args.print_config:
-        sys.stdout.write(config.to_yaml())
+    config = training_config(args, load_config, "configs/tiny.yaml")
+    if config is None:
         return 0
     source = args.config or "--set"
 
     from cln_textgen.training.distribute import chief_by_tf_config
-    from cln_textgen.training.start import start_run
+    from cln_textgen.tasks.lm_start import start_run
 
     started = time.time()
     chief = chief_by_tf_config(config.train.distribute)

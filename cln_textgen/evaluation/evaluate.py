@@ -35,7 +35,7 @@ from cln_textgen.generation.conditions import contrast
 from cln_textgen.runs.restore import resolve_checkpoint
 from cln_textgen.options import as_flag, resolve
 from cln_textgen.runs.folder import open_run
-from cln_textgen.training.step import make_scorer, split_loss
+from cln_textgen.evaluation.perplexity import make_scorer, split_loss
 
 
 @dataclasses.dataclass

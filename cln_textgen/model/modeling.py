@@ -18,12 +18,10 @@ segment input of BERT is dropped: a left-to-right LM uses segment 0 only, so
 
 import dataclasses
 import json
-import re
-import types
 from pathlib import Path
 
 from cln_textgen.backend import bert4keras, keras, tf
-from cln_textgen.errors import UserError
+from cln_textgen.config import NetworkSection
 from cln_textgen.model.layers import (ConditionalLayerNormalization, DropoutSeed,
                                       SeededAttention, SeededDropout, SeededTruncatedNormal)
 
@@ -32,8 +30,8 @@ ACTIVATIONS = ("gelu", "relu") + _TANH_GELUS
 
 
 @dataclasses.dataclass
-class ModelConfig:
-    """Everything needed to rebuild a model; a run saves it as ``model.json``."""
+class BertShape:
+    """The shape of a BERT, as its ``bert_config.json`` gives it."""
 
     vocab_size: int
     hidden_size: int
@@ -43,16 +41,43 @@ class ModelConfig:
     hidden_act: str = "gelu"
     max_position: int = 512
     layer_norm_eps: float = 1e-12
+
+    @classmethod
+    def shape_from_google(cls, bert_config, vocab_size=None):
+        """The shape fields of a Google-style config dict (``pretrained.PretrainedBert.config``)."""
+        return dict(
+            vocab_size=bert_config["vocab_size"] if vocab_size is None else vocab_size,
+            hidden_size=bert_config["hidden_size"],
+            num_hidden_layers=bert_config["num_hidden_layers"],
+            num_attention_heads=bert_config["num_attention_heads"],
+            intermediate_size=bert_config["intermediate_size"],
+            hidden_act=bert_config["hidden_act"],
+            max_position=bert_config["max_position_embeddings"],
+            layer_norm_eps=bert_config["layer_norm_eps"])
+
+
+@dataclasses.dataclass
+class ModelConfig(NetworkSection, BertShape):
+    """Everything needed to rebuild a model; a run saves it as ``model.json``.
+
+    The BERT's shape, then the network settings the config chose (one schema:
+    :class:`cln_textgen.config.NetworkSection`), resolved, and the run's seed."""
+
     num_labels: int = 2
-    label_embedding_size: int = 128
-    cond_hidden_units: int | None = None
-    conditional: bool = True
-    # Share of training rows given the null condition instead of their label
-    # (classifier-free guidance); above 0 the label embedding has one more row.
+    # A run from before label dropout has no null row: 0 when model.json lacks it.
     label_dropout: float = 0.0
-    dropout: float = 0.1
     attention_dropout: float = 0.1
     seed: int = 0
+    type_vocab_size: int = 2  # segments of the BERT; the LM folds segment 0 into positions
+
+    @classmethod
+    def from_section(cls, bert_config, section, num_labels, vocab_size, seed):
+        """The model a config's ``model:`` section asks of a pretrained BERT's config."""
+        chosen = {f.name: getattr(section, f.name) for f in dataclasses.fields(NetworkSection)}
+        chosen["attention_dropout"] = section.attention_rate
+        return cls(**cls.shape_from_google(bert_config, vocab_size), **chosen,
+                   num_labels=num_labels, seed=seed,
+                   type_vocab_size=bert_config.get("type_vocab_size", 2))
 
     @property
     def null_id(self):
@@ -95,8 +120,11 @@ def activation(name):
 _FLOAT32_HEAD = ("MLM-Bias", "MLM-Activation")
 
 
-class _ConditionalLM(bert4keras.models.LM_Mask, bert4keras.models.BERT):
-    """bert4keras BERT LM whose layers are swapped in through ``apply``."""
+class SeededBert(bert4keras.models.BERT):
+    """bert4keras's BERT with the project's layers swapped in through ``apply``:
+    every weight drawn from one seeded stream, seeded dropout (exact on resume)
+    and float32 norms and logits under mixed precision.  The conditional LM and
+    the pretraining network both build on it."""
 
     def __init__(self, seed, dropout_seed, layer_norm_eps, **kwargs):
         super().__init__(**kwargs)
@@ -129,13 +157,28 @@ class _ConditionalLM(bert4keras.models.LM_Mask, bert4keras.models.BERT):
         return super().apply(inputs=inputs, layer=layer, arguments=arguments, **kwargs)
 
 
+def seeded_bert(cls, config, dropout_seed, **kwargs):
+    """A :class:`SeededBert` subclass ``cls`` of ``config``'s shape and dropout."""
+    return cls(seed=config.seed, dropout_seed=dropout_seed, layer_norm_eps=config.layer_norm_eps,
+               vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+               num_hidden_layers=config.num_hidden_layers,
+               num_attention_heads=config.num_attention_heads,
+               intermediate_size=config.intermediate_size,
+               hidden_act=activation(config.hidden_act), dropout_rate=config.dropout,
+               attention_dropout_rate=config.attention_dropout,
+               max_position=config.max_position, **kwargs)
+
+
+class _ConditionalLM(bert4keras.models.LM_Mask, SeededBert):
+    """bert4keras BERT LM (lower-triangular attention) of seeded layers."""
+
+
 def build_model(config, dropout_seed=None):
     """The Keras model ``[token_ids, label_ids] -> logits`` for ``config``.
 
     ``dropout_seed`` is the :class:`DropoutSeed` the trainer checkpoints; a new
     one is made when not given (inference, tests).
     """
-    act = activation(config.hidden_act)
     dropout_seed = dropout_seed or DropoutSeed(config.seed)
 
     token_in = keras.layers.Input(shape=(None,), dtype="int32", name="Input-Token")
@@ -149,23 +192,8 @@ def build_model(config, dropout_seed=None):
             name="Label-Embedding",
         )(label_in)
 
-    transformer = _ConditionalLM(
-        seed=config.seed,
-        dropout_seed=dropout_seed,
-        layer_norm_eps=config.layer_norm_eps,
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        hidden_act=act,
-        dropout_rate=config.dropout,
-        attention_dropout_rate=config.attention_dropout,
-        max_position=config.max_position,
-        segment_vocab_size=0,
-        with_mlm="linear",
-        name="cln_lm",
-    )
+    transformer = seeded_bert(_ConditionalLM, config, dropout_seed, segment_vocab_size=0,
+                              with_mlm="linear", name="cln_lm")
     # bert4keras creates its own token input; ours replaces it so that the
     # model's inputs are exactly [tokens, labels] in that order.
     transformer.layers["Input-Token"] = token_in
@@ -293,67 +321,3 @@ def model_parts(model):
         blocks=tuple(blocks), head_dense=get("MLM-Dense"), head_norm=get("MLM-Norm"),
         head_bias=get("MLM-Bias"), head_activation=get("MLM-Activation"),
         heads=first.heads, key_size=first.key_size, head_size=first.head_size)
-
-
-_WORD_EMBEDDINGS = "bert/embeddings/word_embeddings"
-_OUTPUT_BIAS = "cls/predictions/output_bias"
-_LAYER_INDEX = re.compile(r"bert/encoder/layer_(\d+)/")
-
-
-def bert_variable_mapping(num_hidden_layers):
-    """bert4keras's ``{layer name: [Google variable names]}`` for a BERT of that depth."""
-    # variable_mapping() reads nothing but the depth from its instance.
-    holder = types.SimpleNamespace(num_hidden_layers=num_hidden_layers)
-    return bert4keras.models.BERT.variable_mapping(holder)
-
-
-def load_bert_weights(model, variables, source, keep_tokens=None):
-    """Load Google-named BERT ``variables`` into ``model``; returns whether the
-    MLM head was among them.
-
-    ``keep_tokens`` selects rows of the token embedding and output bias (a
-    simplified vocabulary).  Every shape is checked first, so a config that
-    does not belong to the weights is one clear error, not a broadcast deep in
-    TensorFlow.  Layers the checkpoint lacks are an error, except the MLM head,
-    which then keeps its seeded initial values.
-    """
-    variables = dict(variables)
-    token_types = variables.pop("bert/embeddings/token_type_embeddings", None)
-    if token_types is not None and "bert/embeddings/position_embeddings" in variables:
-        variables["bert/embeddings/position_embeddings"] = (
-            variables["bert/embeddings/position_embeddings"] + token_types[0]
-        )
-    if keep_tokens is not None:
-        for name in (_WORD_EMBEDDINGS, _OUTPUT_BIAS):
-            if name in variables:
-                variables[name] = variables[name][keep_tokens]
-
-    layer_ids = {int(m.group(1)) for name in variables if (m := _LAYER_INDEX.match(name))}
-    expected = sum(1 for layer in model.layers if layer.name.endswith("-FeedForward"))
-    layers = {layer.name: layer for layer in model.layers}
-    if layer_ids and layer_ids != set(range(expected)):
-        raise UserError(f"{source}: the weights have {len(layer_ids)} transformer layers but "
-                        f"the config says num_hidden_layers={expected}; use the config that "
-                        "belongs to these weights")
-
-    pairs, mlm_loaded = [], False
-    for layer_name, names in bert_variable_mapping(expected).items():
-        if layer_name not in layers:
-            continue  # parts of BERT this model does not use (pooler, NSP, segments)
-        found = [name in variables for name in names]
-        if not any(found) and layer_name.startswith("MLM-"):
-            continue
-        if not all(found):
-            missing = next(n for n, ok in zip(names, found) if not ok)
-            raise UserError(f"{source}: variable {missing} is missing; is this a complete BERT "
-                            "checkpoint?")
-        # zip: a conditional norm has [beta, gamma] first, then its condition projections
-        for weight, name in zip(layers[layer_name].trainable_weights, names):
-            want, got = tuple(weight.shape), tuple(variables[name].shape)
-            if want != got:
-                raise UserError(f"{source}: {name} has shape {got} but the model config gives "
-                                f"{want}; the config does not belong to these weights")
-            pairs.append((weight, variables[name]))
-        mlm_loaded = mlm_loaded or layer_name.startswith("MLM-")
-    keras.backend.batch_set_value(pairs)
-    return mlm_loaded

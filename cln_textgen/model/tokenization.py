@@ -1,5 +1,6 @@
 """Text <-> token ids with a BERT vocabulary (bert4keras's WordPiece tokenizer)."""
 
+from collections import Counter
 from pathlib import Path
 
 from cln_textgen.backend import bert4keras
@@ -40,6 +41,37 @@ def simplify_vocab(token_dict):
     return new, keep
 
 
+# Every ASCII letter and digit, alone and as a word piece, so that any ASCII
+# word can be word-pieced instead of becoming one [UNK].
+_ASCII_ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def build_vocab(texts, min_count=1, lower_case=True):
+    """``[tokens]`` of a character-level WordPiece vocabulary for ``texts``: the
+    special tokens, then every piece seen ``min_count`` times or more, by falling
+    count (ties by the piece: the same texts give the same vocabulary).
+
+    A word (a run of non-CJK characters: Latin words, numbers) counts its first
+    character as ``c`` and the rest as ``##c``, the pieces WordPiece splits it
+    into; CJK characters and punctuation stand alone.  Every ASCII letter and
+    digit is kept in both forms.
+    """
+    splitter = bert4keras.tokenizers.Tokenizer(
+        {token: i for i, token in enumerate(SPECIAL_TOKENS)}, do_lower_case=lower_case,
+        token_start=None, token_end=None)
+    counts = Counter()
+    for text in texts:
+        for word in splitter.tokenize(text):
+            counts[word[0]] += 1
+            counts.update("##" + ch for ch in word[1:])
+    counts = Counter({piece: n for piece, n in counts.items()
+                      if n >= min_count and piece not in SPECIAL_TOKENS})
+    for ch in _ASCII_ALNUM:
+        for piece in (ch, "##" + ch):
+            counts.setdefault(piece, 0)
+    return list(SPECIAL_TOKENS) + sorted(counts, key=lambda piece: (-counts[piece], piece))
+
+
 def write_vocab(path, token_dict):
     tokens = sorted(token_dict, key=token_dict.get)
     Path(path).write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
@@ -72,6 +104,10 @@ class TextTokenizer:
     def tokenize(self, text):
         """Word pieces of ``text`` without [CLS]/[SEP]."""
         return self._tokenizer.tokenize(text)[1:-1]
+
+    def ids(self, text):
+        """The ids of ``text``'s word pieces, without [CLS]/[SEP] and uncut."""
+        return self._tokenizer.tokens_to_ids(self.tokenize(text))
 
     def encode(self, text, max_length=None):
         """``[CLS] text [SEP]`` ids, cut to ``max_length`` keeping [SEP]."""

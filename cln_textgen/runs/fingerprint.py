@@ -51,23 +51,30 @@ def read_data_fingerprint(folder):
 def check_data_unchanged(folder, config, source):
     """Before a resume: the train file (and the valid file, when it is still the
     same path) must hold what the run started with."""
+    return check_files_unchanged(folder, {"train": config.data.train, "valid": config.data.valid},
+                                 lambda path: _count_texts(path, config), may_move=("valid",))
+
+
+def check_files_unchanged(folder, paths, count_texts=None, may_move=()):
+    """Each file of ``paths`` ({key: path}, keys as in data.json) must hold what
+    the run started with; the keys of ``may_move`` may name another file on
+    purpose.  False when the run has no data.json."""
     saved = read_data_fingerprint(folder)
     if saved is None:
         return False
-    for name in ("train", "valid"):
-        path = getattr(config.data, name)
+    for name, path in paths.items():
         old = saved.get(name)
         if not path or not old:
             continue
         now = file_fingerprint(path)
         if now is None or now["sha256"] == old["sha256"]:
             continue
-        if name == "valid" and now["path"] != old["path"]:
-            continue  # another valid file was chosen on purpose: data.valid may change
+        if name in may_move and now["path"] != old["path"]:
+            continue  # another file was chosen on purpose
         changes = []
         if now["size"] != old["size"]:
             changes.append(f"{old['size']} -> {now['size']} bytes")
-        texts = _count_texts(path, config)
+        texts = count_texts(path) if count_texts else None
         if texts is not None and texts != old.get("texts"):
             changes.append(f"{old.get('texts')} -> {texts} texts")
         changes.append("SHA-256 differs")

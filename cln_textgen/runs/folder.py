@@ -21,11 +21,13 @@ import json
 import os
 from pathlib import Path
 
-from cln_textgen.config import config_from_dict, short, yaml_data
+from cln_textgen.config import config_from_dict
 from cln_textgen.errors import UserError
+from cln_textgen.pretrain_config import pretrain_config_from_dict
 from cln_textgen.runs import checkpoints
 from cln_textgen.runs.files import write_text_atomic  # noqa: F401  (imported from here by others)
 from cln_textgen.runs.manifest import verify_manifest
+from cln_textgen.strict_yaml import short, yaml_data
 
 # What starting a run writes, config.yaml last: a folder holding only some of
 # these (a setup cut short) is set up again, not refused.
@@ -69,7 +71,11 @@ class RunDir:
         data = yaml_data(text, self.config)
         if not isinstance(data, dict):
             raise UserError(f"{self.config}: not a mapping of config keys; restore the run's config")
-        return config_from_dict(data, str(self.config))
+        return self.config_from_dict(data, str(self.config))
+
+    @staticmethod
+    def config_from_dict(data, source):
+        return config_from_dict(data, source)
 
     def _json(self, path, what):
         try:
@@ -100,10 +106,24 @@ class RunDir:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "num_labels"):
             value = values.get(name, 1)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"{self.model_config}: {name} must be a positive integer, got "
+            least = 0 if name == "num_labels" else 1  # a pretraining run has no labels
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UserError(f"{self.model_config}: {name} must be an integer >= {least}, got "
                                 f"{short(value)}; restore it")
         return ModelConfig.from_dict(values)
+
+    @staticmethod
+    def has_valid(config):
+        """Whether the run evaluates held-out data (a best checkpoint, patience)."""
+        return bool(config.data.valid)
+
+    def check_vocab(self, model_config):
+        from cln_textgen.model.tokenization import read_vocab
+
+        size = len(read_vocab(self.vocab))
+        if size != model_config.vocab_size:
+            raise UserError(f"{self.vocab}: {size} tokens but the model was built for "
+                            f"{model_config.vocab_size} ({self.model_config}); restore it")
 
     def write_labels(self, labels):
         write_text_atomic(self.labels, json.dumps(labels, ensure_ascii=False, indent=2) + "\n")
@@ -119,13 +139,36 @@ class RunDir:
         if len(labels) != model_config.num_labels:
             raise UserError(f"{self.labels}: {len(labels)} labels but the model was built for "
                             f"{model_config.num_labels} ({self.model_config}); restore it")
-        from cln_textgen.model.tokenization import read_vocab
-
-        size = len(read_vocab(self.vocab))
-        if size != model_config.vocab_size:
-            raise UserError(f"{self.vocab}: {size} tokens but the model was built for "
-                            f"{model_config.vocab_size} ({self.model_config}); restore it")
+        self.check_vocab(model_config)
         return config, model_config, labels
+
+
+class PretrainDir(RunDir):
+    """A pretraining run's folder: a run folder without labels (its config.yaml is
+    a PretrainConfig), plus ``bert/``, the Google BERT folder it makes."""
+
+    bert = property(lambda self: self.path / "bert")
+
+    def is_initialised(self):
+        return all(p.is_file() for p in (self.config, self.model_config, self.vocab))
+
+    @staticmethod
+    def config_from_dict(data, source):
+        return pretrain_config_from_dict(data, source)
+
+    @staticmethod
+    def has_valid(config):
+        return bool(config.data.held_out) or config.data.held_out_fraction > 0
+
+    def read_labels(self):
+        return []
+
+    def check(self):
+        """``(config, model_config)``, its files checked as :meth:`RunDir.check` does."""
+        verify_manifest(self.path)
+        config, model_config = self.read_config(), self.read_model_config()
+        self.check_vocab(model_config)
+        return config, model_config
 
 
 def open_run(path):
@@ -151,12 +194,13 @@ FROZEN_FIELDS = (
 )
 
 
-def check_resume_compatible(saved, new, saved_path, new_source, data_fingerprint=False):
-    """The saved config wins on frozen fields; a different value is an error.
+def check_resume_compatible(saved, new, saved_path, new_source, data_fingerprint=False,
+                            frozen=FROZEN_FIELDS):
+    """The saved config wins on ``frozen`` fields; a different value is an error.
 
     ``data.train`` is compared by content (runs/fingerprint.py) when the run has
     a data fingerprint; a run without one keeps the older rule: the same path."""
-    keys = FROZEN_FIELDS if data_fingerprint else FROZEN_FIELDS + ("data.train",)
+    keys = frozen if data_fingerprint else frozen + ("data.train",)
     for key in keys:
         section, name = key.split(".")
         old = getattr(getattr(saved, section), name)

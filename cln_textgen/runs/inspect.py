@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from cln_textgen.runs.folder import RunDir
+from cln_textgen.runs.folder import PretrainDir, RunDir
 from cln_textgen.runs.status import bad_evals, completion, writer
 
 
@@ -23,6 +23,8 @@ def find_runs(root, depth=3):
     for level in range(depth + 1):
         for config in root.glob("/".join(["*"] * level + ["config.yaml"])):
             run = RunDir(config.parent)
+            if not run.is_initialised():
+                run = PretrainDir(config.parent)  # a pretraining run has no labels
             if run.is_initialised():
                 found.append(run)
     return sorted(found, key=lambda run: str(run.path))
@@ -74,7 +76,7 @@ def summary(run):
     elif writer(run.path):
         status = "running"
     elif completion(t, step, epoch, bad_evals([e.get("valid_loss", e["valid_ppl"]) for e in evals]),
-                    has_valid=bool(config.data.valid)):
+                    has_valid=run.has_valid(config)):
         status = "complete"
     else:
         status = "stopped"

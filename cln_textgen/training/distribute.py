@@ -85,15 +85,16 @@ def same_on_all_workers(strategy, value):
     return bool((gathered == gathered[0]).all())
 
 
-def split_rows(tokens, labels):
-    """This replica's rows of a global batch (rows are a multiple of the replicas)."""
+def split_rows(*arrays):
+    """This replica's rows of each array of a global batch (rows are a multiple
+    of the replicas)."""
     replica = tf.distribute.get_replica_context()
     count = replica.num_replicas_in_sync
     if count == 1:
-        return tokens, labels
-    rows = tf.shape(tokens)[0] // count
+        return arrays
+    rows = tf.shape(arrays[0])[0] // count
     start = rows * replica.replica_id_in_sync_group
-    return tokens[start:start + rows], labels[start:start + rows]
+    return tuple(array[start:start + rows] for array in arrays)
 
 
 class ReplicaDropoutSeed(DropoutSeed):

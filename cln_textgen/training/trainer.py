@@ -1,4 +1,5 @@
-"""The training loop of every task (the LM, the classifier): evaluation, checkpoints, resume.
+"""The training loop of every task (the conditional LM, the classifier, masked-LM
+pretraining): optimizer, strategy, checkpoints, resume, logging and signals.
 
 Same run folder = resume: when ``run_dir`` holds checkpoints, the latest one
 restores the model, the optimizer, the epoch, the batch position within that
@@ -11,14 +12,9 @@ precision (:mod:`cln_textgen.training.step`), and tf.distribute
 (:mod:`cln_textgen.training.distribute`): with ``multi_worker`` only the chief writes
 the run folder.
 
-What is trained comes with ``setup``, the task: the language model's
-:class:`~cln_textgen.training.start.RunSetup`, or the label classifier's.  Besides
-the run folder, the config, the tokenizer, the labels and the train and valid
-splits, a task supplies ``build_model(dropout_seed)``, ``warm_start(model)``,
-``training_loss(model, gather)`` (see :class:`~cln_textgen.training.step.TrainStep`),
-``count_targets(tokens)`` (the loss terms of a padded batch) and
-``evaluate(model, split)`` (a result with ``loss``, lower is better, and
-``log_fields()`` and ``describe()``).
+What is trained comes with ``task`` (:class:`cln_textgen.training.task.Task`):
+its model, its batches, its loss, its evaluation and its samples.  The loop
+knows nothing of labels, tokens or texts.
 """
 
 import json
@@ -33,8 +29,6 @@ from cln_textgen.data import batching
 from cln_textgen.training import distribute
 from cln_textgen.backend import keras, tf
 from cln_textgen.errors import UserError
-from cln_textgen.generation.generate import Decoding, GenerationOptions, generate
-from cln_textgen.model.modeling import build_model
 from cln_textgen.training.log import RunLog
 from cln_textgen.runs.files import fsync_files
 from cln_textgen.runs import status as run_status
@@ -62,10 +56,10 @@ class TrainingDiverged(Exception):
 class Trainer:
     """Owns the model, optimizer and checkpoints of one run, and trains it."""
 
-    def __init__(self, setup, console=print, progress=True):
-        self.setup = setup
-        self.run = setup.run
-        self.config = setup.config
+    def __init__(self, task, console=print, progress=True):
+        self.task = task
+        self.run = task.run
+        self.config = task.config
         self.console = console
         train = self.config.train
         # First: a multi-worker strategy must exist before any tensor does.
@@ -73,19 +67,19 @@ class Trainer:
         self.chief = distribute.is_chief(self.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
         self.progress = progress and self.chief
-        self.pad_id = setup.tokenizer.pad_id
         self.length_multiple = JIT_LENGTH_MULTIPLE if train.jit_compile else 1  # batch lengths
-        self.lengths = [len(t) for t in setup.train.encoded.token_ids]
+        self.lengths = task.row_lengths()
         self.total_steps = self._total_steps()
 
         with self.strategy.scope():
             self.dropout_seed = distribute.ReplicaDropoutSeed(train.seed)
             with precision_policy(train.mixed_precision):
-                self.model = setup.build_model(self.dropout_seed)
+                self.model = task.build_model(self.dropout_seed)
             self.plan = SchedulePlan(self.total_steps, round(train.warmup_ratio * self.total_steps))
             self.schedule = self.plan.schedule(train.learning_rate)
             adamw = keras.optimizers.AdamW(learning_rate=self.schedule,
-                                           weight_decay=train.weight_decay)
+                                           weight_decay=train.weight_decay,
+                                           epsilon=train.adam_epsilon)
             adamw.exclude_from_weight_decay(var_names=list(NO_DECAY))
             # The loss scale of mixed_float16 exists in every run, used or not:
             # checkpoints then have one layout whatever train.mixed_precision
@@ -116,8 +110,6 @@ class Trainer:
         self.last_good = None  # the path of that checkpoint
         self._evaluated_at = None  # the step of the last evaluation in this process
         self.stepper = None  # the TrainStep, made by the first train_on
-        self._sampler = None
-        self._decoding = None  # the sampling model's decoder, compiled once per trainer
         self.run_log = RunLog(self.run, enabled=self.chief)
 
     # ------------------------------------------------------------ setup
@@ -146,7 +138,7 @@ class Trainer:
         """Resume from the checkpoint :func:`start_run` chose (the newest that reads
         back), else load the pretrained weights."""
         # The chief's folder on every worker: run_dir must be shared by all.
-        latest = self.setup.checkpoint
+        latest = self.task.checkpoint
         if latest:
             checkpoint = self.checkpoint if saved_plan(latest) else self._legacy_checkpoint
             try:
@@ -158,7 +150,7 @@ class Trainer:
             if not self.completion():
                 self._retarget_schedule()
         else:
-            self.setup.warm_start(self.model)
+            self.task.warm_start(self.model)
         self.run_log.truncate(self.step)  # events after the checkpoint are logged again
         if not distribute.same_on_all_workers(self.strategy, self.step):
             raise UserError(f"{self.run.checkpoints}: the workers found different checkpoints; "
@@ -179,72 +171,33 @@ class Trainer:
         """Why the run is complete, or None: the one rule (runs/status.py) of the
         command, the loop, and ``runs``/``show``."""
         return run_status.completion(self.config.train, self.step, int(self.epoch.numpy()),
-                                     int(self.bad_evals.numpy()), self.setup.valid is not None)
+                                     int(self.bad_evals.numpy()), self.task.has_valid)
 
     def _patience_exhausted(self):
         return run_status.patience_exhausted(self.config.train, int(self.bad_evals.numpy()),
-                                             self.setup.valid is not None)
+                                             self.task.has_valid)
 
     def _make_stepper(self):
         t = self.config.train
         with self.strategy.scope():
             return TrainStep(self.model, self.optimizer, self.strategy, self.dropout_seed,
-                             self.setup.training_loss(self.model, gather=not t.jit_compile),
+                             self.task.training_loss(self.model, gather=not t.jit_compile),
                              clip_norm=t.clip_norm,
                              accumulate_steps=t.accumulate_steps, jit_compile=t.jit_compile,
                              loss_scale=t.mixed_precision == "mixed_float16")
 
     def train_on(self, group):
         """One optimizer step on ``group`` (index arrays, one per micro-batch) of
-        the train split; returns ``(loss, real tokens, grad_norm)``."""
+        the task's training rows; returns ``(loss, real tokens, grad_norm)``."""
         if self.stepper is None:
             self.stepper = self._make_stepper()
-        encoded = self.setup.train.encoded
-        batches = [batching.pad_batch(encoded.token_ids, encoded.label_ids, indices, self.pad_id,
-                                      length_multiple=self.length_multiple,
-                                      rows_multiple=self.replicas)
-                   for indices in group]
-        batches = [(tokens, self.setup.training_labels(labels, self.step, micro))
-                   for micro, (tokens, labels) in enumerate(batches)]
-        total = sum(self.setup.count_targets(tokens) for tokens, _ in batches)
+        batches = [self.task.make_batch(indices, self.step, micro, self.length_multiple,
+                                        self.replicas)
+                   for micro, indices in enumerate(group)]
+        total = sum(self.task.count_targets(batch) for batch in batches)
         loss, norm = self.stepper(batches, total)
-        # The loss terms are tokens for the LM but texts for the classifier: count tokens.
-        real = sum(batching.real_targets(tokens, self.pad_id) for tokens, _ in batches)
+        real = sum(self.task.count_tokens(batch) for batch in batches)
         return loss, real, norm
-
-    # ------------------------------------------------------------ evaluation
-
-    def evaluate(self, split):
-        """The task's evaluation of ``split``: ``loss`` (lower is better) and more."""
-        return self.setup.evaluate(self.model, split)
-
-    def samples(self):
-        t, g = self.config.train, self.config.generate
-        if not t.samples_per_label:
-            return []
-        # Always sampled, never beam-searched or greedy: samples_per_label may exceed 1.
-        options = GenerationOptions.from_config(g, num_beams=1, greedy=False, seed=t.seed)
-        model = self._sampling_model()
-        if self._decoding is None or self._decoding.model is not model:
-            self._decoding = Decoding(model)
-        # The config's guidance is checked to have a null condition to contrast with.
-        contrast = self.setup.model_config.null_id if options.guidance != 1.0 else None
-        out = generate(model, self.setup.tokenizer, list(range(len(self.setup.labels))),
-                       n=t.samples_per_label, options=options, decoding=self._decoding,
-                       contrast=contrast)
-        return [{"label": self.setup.labels[s.label_id], "text": s.text} for s in out]
-
-    def _sampling_model(self):
-        """The model itself, or a float32 single-device copy of it when it trains
-        under mixed precision or a strategy: the cached decoder reads the layers'
-        variables and runs float32 on one device."""
-        t = self.config.train
-        if t.mixed_precision == "none" and t.distribute == "none":
-            return self.model
-        if self._sampler is None:
-            self._sampler = build_model(self.setup.model_config)
-        self._sampler.set_weights(self.model.get_weights())
-        return self._sampler
 
     # ------------------------------------------------------------ logging
 
@@ -277,12 +230,16 @@ class Trainer:
             self.log("checkpoint", path=str(path))
         return path
 
+    def evaluate(self):
+        """The task's held-out figures: ``loss`` (lower is better) and more."""
+        return self.task.evaluate(self.model)
+
     def _evaluate_and_report(self, name):
         """Valid loss, samples and early-stopping bookkeeping; True to stop early."""
         self._evaluated_at = self.step
         stop = False
-        if self.setup.valid is not None:
-            result = self.evaluate(self.setup.valid)
+        if self.task.has_valid:
+            result = self.evaluate()
             self.log("eval", **result.log_fields())
             self.say(f"{name}: {result.describe()}")
             if result.loss < float(self.best.numpy()):
@@ -292,16 +249,16 @@ class Trainer:
             else:
                 self.bad_evals.assign_add(1)
                 stop = self._patience_exhausted()
-        samples = self.samples() if self.chief else []
+        samples = self.task.samples(self.model) if self.chief else []
         if samples:
-            lines = [json.dumps({**s, "step": self.step, "epoch": int(self.epoch.numpy())},
-                                ensure_ascii=False) for s in samples]
+            lines = [json.dumps({**record, "step": self.step, "epoch": int(self.epoch.numpy())},
+                                ensure_ascii=False) for record, _ in samples]
             with self._guard("samples"):
                 self.run.samples.mkdir(exist_ok=True)
                 write_text_atomic(self.run.samples / f"{name.replace(' ', '-')}.jsonl",
                                   "\n".join(lines) + "\n", fsync=False)
-            for s in samples:
-                self.say(f"  [{s['label']}] {s['text']}")
+            for _, shown in samples:
+                self.say(f"  {shown}")
         return stop
 
     # ------------------------------------------------------------ the loop

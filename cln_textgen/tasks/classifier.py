@@ -1,6 +1,7 @@
 """Fine-tuning the label classifier with the generator's training loop.
 
-The classifier is one more task of :class:`~cln_textgen.training.trainer.Trainer`:
+The classifier is one more task of :class:`~cln_textgen.training.trainer.Trainer`
+(:mod:`cln_textgen.training.task`):
 :class:`ClassifierTask` supplies the model (a plain BERT with a softmax layer,
 :func:`~cln_textgen.evaluation.classifier.build_classifier`), its loss (cross-entropy
 of each text's label) and its evaluation (valid loss and accuracy), and the
@@ -23,14 +24,16 @@ from cln_textgen.data.corpus import load_split, read_train_labels
 from cln_textgen.errors import UserError
 from cln_textgen.evaluation.classifier import (ClassifierConfig, ClassifierDir, accuracy,
                                                build_classifier, predictor)
-from cln_textgen.model.modeling import load_bert_weights
+from cln_textgen.model.bert_weights import load_bert_weights
+from cln_textgen.model.modeling import BertShape
 from cln_textgen.model.pretrained import open_pretrained
 from cln_textgen.model.tokenization import TextTokenizer, read_vocab, write_vocab
 from cln_textgen.runs import checkpoints
 from cln_textgen.runs.folder import write_text_atomic
 from cln_textgen.runs.lock import LOCK_NAME
+from cln_textgen.tasks.labelled import LabelledRows
+from cln_textgen.tasks.lm_start import check_max_length
 from cln_textgen.training import distribute
-from cln_textgen.training.start import check_max_length, model_config_for
 from cln_textgen.training.trainer import Trainer
 
 
@@ -62,7 +65,7 @@ class ClassifierEval:
 
 
 @dataclasses.dataclass
-class ClassifierTask:
+class ClassifierTask(LabelledRows):
     """The classifier as a task of the training loop (see training/trainer.py)."""
 
     run: ClassifierDir
@@ -77,6 +80,13 @@ class ClassifierTask:
     checkpoint: str = None  # the checkpoint to resume from (the newest that reads back)
     _predict: object = None
 
+    def make_batch(self, indices, step, micro, length_multiple=1, rows_multiple=1):
+        del step, micro  # the labels are the targets: nothing is drawn per step
+        return self.padded(indices, length_multiple, rows_multiple)
+
+    def samples(self, model):
+        return []
+
     def build_model(self, dropout_seed):
         del dropout_seed  # bert4keras's own dropout layers, seeded by train.seed
         return build_classifier(self.model_config)
@@ -89,17 +99,13 @@ class ClassifierTask:
         del gather  # one prediction per row: nothing to gather
         return LabelLoss(model, self.tokenizer.pad_id)
 
-    def count_targets(self, tokens):
-        return int(np.count_nonzero(tokens[:, 1] != self.tokenizer.pad_id))
+    def count_targets(self, batch):
+        return int(np.count_nonzero(batch[0][:, 1] != self.tokenizer.pad_id))
 
-    def training_labels(self, labels, step, micro):
-        del step, micro  # the labels are the targets here
-        return labels
-
-    def evaluate(self, model, split):
+    def evaluate(self, model):
         if self._predict is None:
             self._predict = predictor(model)
-        result = accuracy(self._predict, split, self.labels, self.tokenizer.pad_id,
+        result = accuracy(self._predict, self.valid, self.labels, self.tokenizer.pad_id,
                           self.config.train.batch_size)
         return ClassifierEval(result.pop("loss"), result)
 
@@ -163,15 +169,14 @@ def _start(config, folder, say):
               for name in ("valid", "test") if getattr(config.data, name)}
     for split in [train, *splits.values()]:
         say(split.describe())
-    # The generator's model settings, less what only the conditional LM has.
-    lm = model_config_for(pretrained.config, config, len(labels), len(token_dict))
+    m = config.model
     model_config = ClassifierConfig(
-        **{f.name: getattr(lm, f.name) for f in dataclasses.fields(ClassifierConfig)
-           if hasattr(lm, f.name)},
-        max_length=config.data.max_length, lower_case=config.model.lower_case)
+        **BertShape.shape_from_google(pretrained.config, len(token_dict)),
+        num_labels=len(labels), max_length=config.data.max_length, lower_case=m.lower_case,
+        dropout=m.dropout, attention_dropout=m.attention_rate, seed=config.train.seed)
     check_max_length(config, model_config.max_position)
     schedule = dataclasses.replace(config.train, learning_rate=config.classifier.learning_rate,
-                                   epochs=config.classifier.epochs, samples_per_label=0)
+                                   epochs=config.classifier.epochs)
     config = dataclasses.replace(config, train=schedule)
     if resume:
         saved = ClassifierConfig(**folder.read_json(folder.model_config))
